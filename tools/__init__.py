@@ -1,0 +1,1 @@
+"""Developer tools: the fixture builder (`tools.fixtures`) and, later, benchmarks."""
