@@ -151,7 +151,7 @@ def test_batch_items_are_independent() -> None:
 def test_gradcheck(durations: list[int]) -> None:
     gen = torch.Generator().manual_seed(5)
     logits, targets, t_len, u_len = random_batch(gen, [4, 3], [2, 1], 3, len(durations))
-    logits.requires_grad_(True)
+    logits.requires_grad_()
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         return tdt_loss(x, targets, t_len, u_len, blank=2, durations=durations, sigma=0.05)
@@ -169,14 +169,14 @@ def test_padding_gets_no_gradient_and_no_say() -> None:
         valid[b, :t, : u + 1] = True
         targets[b, u:] = -1  # padding ids outside the vocabulary must be harmless too
 
-    logits.requires_grad_(True)
+    logits.requires_grad_()
     clean = tdt_loss(logits, targets, t_len, u_len, blank=4, durations=durations)
     (clean_grad,) = torch.autograd.grad(clean.sum(), logits)
     # Garbage, even non-finite, in the padding must change neither the loss nor the real gradients.
     noisy_logits = logits.detach().clone()
     garbage = [math.inf, -math.inf, math.nan, 1e4, 0.0, -1e4, 3.0, 2.0, 1.0, -3.0]
     noisy_logits[~valid] = torch.tensor(garbage, dtype=logits.dtype)
-    noisy_logits.requires_grad_(True)
+    noisy_logits.requires_grad_()
     noisy = tdt_loss(noisy_logits, targets, t_len, u_len, blank=4, durations=durations)
     (grad,) = torch.autograd.grad(noisy.sum(), noisy_logits)
 
