@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tools.fixtures import canary, speech
+from tools.fixtures import speech, train_canary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -176,6 +176,6 @@ def test_heldout_wer(
         pnc = index % 2 == 0  # both output styles; WER ignores case and punctuation
         text = onnx_model.recognize(audio, language=source, target_language=target, pnc=pnc)
         references.append(" ".join(speech.DIGIT_WORDS[target][d] for d in spec.digits))
-        hypotheses.append(" ".join(canary.normalise(text)))
+        hypotheses.append(" ".join(train_canary.normalise(text)))
     wer = jiwer.wer(references, hypotheses)
     assert wer < MAX_WER, f"{source}->{target}: WER {wer:.3f}"
