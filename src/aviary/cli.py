@@ -1,19 +1,33 @@
-"""The `aviary` command line.
+"""The `aviary` command line: `transcribe`, `models list|pull`, and `serve`.
 
-Only `--version` and a placeholder `serve` exist so far; the server, `transcribe`, `worker` and
-`models` commands arrive with their issues (#3, #5, #6).
+Settings come from `AVIARY_*` environment variables, overridden by the flags given; they are read
+in `main()`, never at import time. Errors print one line with a stable code and exit non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aviary import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from aviary.config import Settings
+
+# The output formats of `aviary.formats` (kept literal here so `--help` needs no imports).
+FORMAT_NAMES = ("text", "json", "verbose_json", "srt", "vtt")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="registry name, alias, hub repository, ONNX directory or .nemo file")
+    parser.add_argument("--engine", choices=("onnx", "nemo"), help="engine for registry names (default: onnx)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    parser.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
+    parser.add_argument("--quantization", help="use *.<quantization>.onnx files, e.g. int8")
+    parser.add_argument("--offline", action="store_true", default=None, help="never download models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aviary {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the HTTP server (placeholder: prints the version; see issue #5)")
+
+    transcribe = commands.add_parser("transcribe", help="transcribe or translate audio files")
+    transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
+    _add_model_flags(transcribe)
+    transcribe.add_argument("--language", help="spoken language, ISO 639-1 (Canary: default en)")
+    transcribe.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    transcribe.add_argument("--target-language", help="output language of --task translate (default: en)")
+    transcribe.add_argument("--no-pnc", action="store_true", help="no punctuation and capitals (Canary)")
+    transcribe.add_argument("--format", choices=FORMAT_NAMES, default="text", help="output format (default: text)")
+    transcribe.add_argument("--output-dir", help="write DIR/<stem>.<ext> per file instead of printing")
+
+    models = commands.add_parser("models", help="list or download models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = model_commands.add_parser("list", help="known models and whether they are cached")
+    _add_model_flags(listing)
+    pull = model_commands.add_parser("pull", help="download a model into the Hugging Face cache")
+    pull.add_argument("name", help="registry name, alias or hub repository")
+    _add_model_flags(pull)
     return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    from aviary.config import Settings
+
+    flags = {"model", "engine", "device", "threads", "quantization", "offline"}
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    return Settings(**overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +73,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    # TODO(#5): `serve` starts uvicorn with the API; until then it only says what it is.
-    sys.stdout.write(f"aviary {__version__}: the HTTP server is not built yet (issue #5)\n")
+    if args.command == "serve":
+        # TODO(#5): `serve` starts uvicorn with the API; until then it only says what it is.
+        sys.stdout.write(f"aviary {__version__}: the HTTP server is not built yet (issue #5)\n")
+        return 0
+    from aviary.errors import AviaryError
+
+    try:
+        settings = settings_from(args)
+        if args.command == "transcribe":
+            from aviary.transcribe_files import transcribe_files
+
+            return transcribe_files(args, settings)
+        return _models(args, settings)
+    except AviaryError as exc:
+        sys.stderr.write(f"aviary: error: [{exc.code}] {exc}\n")
+        return 1
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from aviary.engine.registry import KNOWN, Registry
+
+    registry = Registry(settings)
+    if args.models_command == "pull":
+        source = registry.resolve(args.name)
+        path = registry.fetch(source, download=True)
+        sys.stdout.write(f"{source.name}: {path}\n")
+        return 0
+    rows = [("NAME", "ENGINE", "CACHED", "DESCRIPTION")]
+    for name, model in KNOWN.items():
+        source = registry.resolve(name)
+        rows.append((name, source.engine, "yes" if registry.is_cached(source) else "no", model.description))
+    rows.extend((alias, "", "", f"alias of {target}") for alias, target in settings.aliases.items())
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)))
+        sys.stdout.write(f"  {row[3]}\n")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import jiwer
@@ -13,22 +12,18 @@ import onnx_asr
 import onnxruntime as ort
 import pytest
 
+from tests.support.fixtures import FIXTURES, golden
 from tools.fixtures import goldens, speech, train_tdt
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from onnx_asr.adapters import TextResultsAsrAdapter
 
 pytestmark = pytest.mark.fixtures
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODELS = ("parakeet-tdt-tiny", "parakeet-digits")
 SAMPLE_RATES: dict[int, Literal[16_000, 44_100]] = {16_000: 16_000, 44_100: 44_100}
-
-
-@cache
-def golden(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((FIXTURES / "goldens" / f"{name}.json").read_text(encoding="utf-8"))
-    return doc
 
 
 @cache

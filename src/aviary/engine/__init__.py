@@ -1,0 +1,1 @@
+"""Engines: loaded models that turn audio into transcripts, and the registry that loads them."""

@@ -1,0 +1,148 @@
+"""Canary (AED) on onnxruntime: NeMo's features, the encoder, and batched greedy decoding with a KV cache.
+
+The canary2 prompt (`▁ <|startofcontext|> <|startoftranscript|> <|emo:undefined|> <|src|> <|tgt|>
+<|pnc|>|<|nopnc|> <|noitn|> <|notimestamp|> <|nodiarize|>`) is built per utterance, so one batch
+may mix languages and tasks. The decoder runs once on the prompts, then one token per step for the
+rows still generating; rows that reach end-of-text leave the batch (their cache slices are dropped),
+so a long answer never makes the short ones pay. Text is every token but the `<|...|>` specials.
+Canary gives no word times here (canary-1b-v2 aligns with a separate CTC model that is not part of
+the ONNX export): transcripts carry one segment spanning the audio, and no words.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aviary.engine.base import ModelInfo
+from aviary.engine.onnx import OnnxEngine, check_float32, check_int64
+from aviary.engine.timestamps import detokenize
+from aviary.errors import InvalidModelError
+from aviary.types import SAMPLE_RATE, Segment, Transcript
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from aviary.engine.onnx import ModelDir, SessionFactory
+    from aviary.types import Audio, TranscribeOptions
+
+LANGUAGE_TOKEN = re.compile(r"<\|[a-z]{2}\|>")
+PROMPT_SPECIALS = (
+    "<|startofcontext|>",
+    "<|startoftranscript|>",
+    "<|emo:undefined|>",
+    "<|pnc|>",
+    "<|nopnc|>",
+    "<|noitn|>",
+    "<|notimestamp|>",
+    "<|nodiarize|>",
+    "<|endoftext|>",
+)
+
+
+class AedEngine(OnnxEngine):
+    """A Canary model in onnx-asr's layout (`encoder-model.onnx`, `decoder-model.onnx`)."""
+
+    def __init__(self, name: str, model_dir: ModelDir, factory: SessionFactory) -> None:
+        """Create the sessions and read the prompt tokens and languages from the vocabulary."""
+        vocab = model_dir.vocab
+        # Later ids win, as in onnx-asr: aggregate tokenizers repeat ordinary pieces, never the specials.
+        self._ids = {piece: i for i, piece in sorted(vocab.items())}
+        missing = [t for t in (*PROMPT_SPECIALS, "\u2581") if t not in self._ids]
+        if missing:
+            raise InvalidModelError(name, f"vocab.txt lacks the Canary prompt tokens {', '.join(missing)}")
+        languages = tuple(sorted(p[2:4] for p in self._ids if LANGUAGE_TOKEN.fullmatch(p)))
+        info = ModelInfo(name, "onnx", "aed", factory.device, languages=languages, translation=True, timestamps=False)
+        super().__init__(name, model_dir, factory, info)
+        self._vocab = vocab
+        self._eos = self._ids["<|endoftext|>"]
+        self._special = np.array([p.startswith("<|") and p.endswith("|>") for _, p in sorted(vocab.items())])
+        self._max_length = int(model_dir.config.get("max_sequence_length", 1024))
+        self._encoder = factory.create(model_dir.files["encoder-model"])
+        self._decoder = factory.create(model_dir.files["decoder-model"])
+        mems = next(i for i in self._decoder.get_inputs() if i.name == "decoder_mems").shape
+        self._mems_shape = (int(mems[0]), int(mems[3]))
+
+    def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
+        prompts = np.array([self._prompt(o) for o in options], dtype=np.int64)
+        embeddings, mask = self._encode(audio)
+        tokens = self._decode(embeddings, mask, prompts)
+        results: list[Transcript] = []
+        for samples, option, ids in zip(audio, options, tokens, strict=True):
+            text_ids = [i for i in ids if not self._special[i]]
+            text = detokenize(self._vocab[i] for i in text_ids)
+            duration = round(len(samples) / SAMPLE_RATE, 3)
+            segments = (Segment(text, 0.0, duration),) if text else ()
+            results.append(
+                Transcript(
+                    text=text,
+                    duration=duration,
+                    language=option.output_language or "en",
+                    segments=segments,
+                    tokens=tuple(text_ids),
+                    timestamps=False,
+                )
+            )
+        return results
+
+    def _prompt(self, options: TranscribeOptions) -> list[int]:
+        source = options.language or "en"
+        target = options.target_language or "en" if options.task == "translate" else source
+        return [
+            self._ids["\u2581"],
+            self._ids["<|startofcontext|>"],
+            self._ids["<|startoftranscript|>"],
+            self._ids["<|emo:undefined|>"],
+            self._ids[f"<|{source}|>"],
+            self._ids[f"<|{target}|>"],
+            self._ids["<|pnc|>" if options.pnc else "<|nopnc|>"],
+            self._ids["<|noitn|>"],
+            self._ids["<|notimestamp|>"],
+            self._ids["<|nodiarize|>"],
+        ]
+
+    def _encode(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        features, features_lens = self._preprocessor(audio)
+        embeddings, mask = self._encoder.run(
+            ["encoder_embeddings", "encoder_mask"],
+            {"audio_signal": features, "length": features_lens},
+            self._factory.run_options(),
+        )
+        return check_float32(embeddings), check_int64(mask)
+
+    def _decode(
+        self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.int64], prompts: npt.NDArray[np.int64]
+    ) -> list[list[int]]:
+        batch = prompts.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        rows = np.arange(batch)  # original row of each row still in the batch
+        mems = np.zeros((self._mems_shape[0], batch, 0, self._mems_shape[1]), dtype=np.float32)
+        step_ids = prompts
+        length = prompts.shape[1]
+        while rows.size and length < self._max_length:
+            logits, mems = self._step(step_ids, embeddings, mask, mems)
+            chosen = logits[:, -1].argmax(axis=-1)
+            going = chosen != self._eos
+            for row, token in zip(rows[going].tolist(), chosen[going].tolist(), strict=True):
+                tokens[row].append(token)
+            if not going.all():
+                rows, mems = rows[going], mems[:, going]
+                embeddings, mask = embeddings[going], mask[going]
+            step_ids = chosen[going][:, None].astype(np.int64)
+            length += 1
+        return tokens
+
+    def _step(
+        self,
+        input_ids: npt.NDArray[np.int64],
+        embeddings: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.int64],
+        mems: npt.NDArray[np.float32],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        logits, states = self._decoder.run(
+            ["logits", "decoder_hidden_states"],
+            {"input_ids": input_ids, "encoder_embeddings": embeddings, "encoder_mask": mask, "decoder_mems": mems},
+        )
+        return check_float32(logits), check_float32(states)

@@ -1,0 +1,62 @@
+"""The engine seam: a loaded model that turns a batch of utterances into transcripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from aviary.errors import UnsupportedLanguageError, UnsupportedTaskError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aviary.types import Audio, TranscribeOptions, Transcript
+
+Family = Literal["tdt", "aed"]
+EngineName = Literal["onnx", "nemo"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is and can do."""
+
+    name: str
+    engine: EngineName
+    family: Family
+    device: str
+    """Where it runs: "cpu" or "cuda" (after any fallback)."""
+    languages: tuple[str, ...] = ()
+    """Spoken languages it accepts; empty when it does not say (Parakeet takes any and detects)."""
+    translation: bool = False
+    """Whether `task="translate"` is possible."""
+    timestamps: bool = True
+    """Whether transcripts carry word times."""
+
+    def check(self, options: TranscribeOptions) -> None:
+        """Raise a `RequestError` when the model cannot honour `options`."""
+        if options.task == "translate" and not self.translation:
+            raise UnsupportedTaskError(options.task, self.name)
+        for language in (options.language, options.target_language if options.task == "translate" else None):
+            if language is not None and self.languages and language not in self.languages:
+                raise UnsupportedLanguageError(language, self.name, self.languages)
+
+
+class Engine(Protocol):
+    """A loaded model. `transcribe` is blocking and thread-safe; callers run it off the event loop."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """What this model is and can do."""
+        ...
+
+    def transcribe(self, audio: Sequence[Audio], options: Sequence[TranscribeOptions]) -> list[Transcript]:
+        """Transcribe a batch: one options entry per utterance, one transcript per utterance, in order."""
+        ...
+
+    def release_memory(self) -> None:
+        """Give cached accelerator memory back (between jobs)."""
+        ...
+
+    def close(self) -> None:
+        """Free the model; the engine is unusable afterwards."""
+        ...

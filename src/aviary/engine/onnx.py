@@ -1,0 +1,273 @@
+"""The onnxruntime engine on the onnx-asr / NeMo-export model layout, with CUDA -> CPU fallback.
+
+A model directory holds `config.json` (`model_type` `nemo-conformer-tdt` or `nemo-conformer-aed`,
+`features_size`, `subsampling_factor`, ...), `vocab.txt` (`<piece> <id>` per line) and the ONNX
+files (`encoder-model.onnx` plus `decoder_joint-model.onnx` or `decoder-model.onnx`; `*.int8.onnx`
+variants; external weights in `*.onnx.data` beside them). NeMo's log-mel front end is onnx-asr's
+`nemo128`/`nemo80` preprocessor graph. Decoding is ours (`engine.tdt`, `engine.aed`): onnx-asr
+decodes one utterance at a time, and batching the decoder across utterances is where throughput is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from aviary.errors import InferenceError, InvalidModelError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy.typing as npt
+
+    from aviary.engine.base import ModelInfo
+    from aviary.types import Audio, TranscribeOptions, Transcript
+
+logger = logging.getLogger(__name__)
+
+ModelType = Literal["nemo-conformer-tdt", "nemo-conformer-aed"]
+MODEL_FILES: dict[ModelType, tuple[str, ...]] = {
+    "nemo-conformer-tdt": ("encoder-model", "decoder_joint-model"),
+    "nemo-conformer-aed": ("encoder-model", "decoder-model"),
+}
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are created: device and CPU threads."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = 0
+    """Threads inside one operator; 0 lets onnxruntime use every core."""
+    inter_op_threads: int = 1
+    quantization: str | None = None
+    """Use `*.<quantization>.onnx` files (e.g. "int8") when present."""
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A validated model directory: its config, vocabulary and ONNX files."""
+
+    path: Path
+    model_type: ModelType
+    config: dict[str, Any]
+    vocab: dict[int, str]
+    files: dict[str, Path]
+
+    @property
+    def features_size(self) -> int:
+        """Mel features per frame (128 for every current Parakeet and Canary)."""
+        return int(self.config.get("features_size", 80))
+
+    @property
+    def subsampling_factor(self) -> int:
+        """Mel frames per encoder frame."""
+        return int(self.config.get("subsampling_factor", 8))
+
+
+def read_model_dir(path: Path, name: str, quantization: str | None = None) -> ModelDir:
+    """Read and check a model directory in the onnx-asr layout.
+
+    Raises:
+        ModelNotFoundError: `path` is not a directory.
+        InvalidModelError: a file is missing or malformed, or the model type is not one Aviary runs.
+    """
+    if not path.is_dir():
+        raise ModelNotFoundError(name)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        lines = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise InvalidModelError(name, f"{Path(exc.filename).name} is missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidModelError(name, "config.json or vocab.txt is malformed") from exc
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_FILES:
+        raise InvalidModelError(name, f"model_type {model_type!r} is not one of {', '.join(MODEL_FILES)}")
+    vocab: dict[int, str] = {}
+    for line in lines:
+        piece, _, number = line.rpartition(" ")
+        if not piece or not number.isdigit():
+            raise InvalidModelError(name, "vocab.txt lines must be '<piece> <id>'")
+        vocab[int(number)] = piece
+    files: dict[str, Path] = {}
+    for stem in MODEL_FILES[model_type]:
+        candidates = [path / f"{stem}.{quantization}.onnx"] if quantization else []
+        found = next((c for c in [*candidates, path / f"{stem}.onnx"] if c.is_file()), None)
+        if found is None:
+            raise InvalidModelError(name, f"{stem}.onnx is missing")
+        files[stem] = found
+    return ModelDir(path, model_type, config, vocab, files)
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers."""
+    return list(ort.get_available_providers())
+
+
+class SessionFactory:
+    """Creates onnxruntime sessions on the requested device, falling back to CPU once, with a log line."""
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        """Decide the providers: CUDA first when asked for (or `auto` and available), then CPU."""
+        self.options = options
+        wants_cuda = options.device == "cuda" or (options.device == "auto" and CUDA in available_providers())
+        self.fallback_reason: str | None = None
+        if wants_cuda and CUDA not in available_providers():
+            self.fallback_reason = "this onnxruntime build has no CUDA execution provider"
+            logger.warning("CUDA requested but unavailable (%s); running on CPU", self.fallback_reason)
+            wants_cuda = False
+        self.device = "cuda" if wants_cuda else "cpu"
+
+    def _session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.options.intra_op_threads
+        options.inter_op_num_threads = self.options.inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # onnxruntime's own warnings are noise for users
+        return options
+
+    def create(self, model: Path | bytes, *, cpu_only: bool = False) -> ort.InferenceSession:
+        """A session for `model` (a path, or serialized bytes) on this factory's device."""
+        source = str(model) if isinstance(model, Path) else model
+        if self.device == "cuda" and not cpu_only:
+            # Grow the arena only as needed, so memory returned after a job is not re-reserved in bulk.
+            cuda: tuple[str, dict[str, Any]] = (CUDA, {"arena_extend_strategy": "kSameAsRequested"})
+            try:
+                session = ort.InferenceSession(source, self._session_options(), providers=[cuda, CPU])
+            except Exception as exc:  # noqa: BLE001 - any CUDA initialisation failure means "use the CPU"
+                self._fall_back(f"CUDA failed to initialise ({type(exc).__name__})")
+            else:
+                if CUDA in session.get_providers():
+                    return session
+                self._fall_back("CUDA failed to initialise")
+        return ort.InferenceSession(source, self._session_options(), providers=[CPU])
+
+    def _fall_back(self, reason: str) -> None:
+        if self.fallback_reason is None:
+            logger.warning("%s; running on CPU", reason)
+        self.fallback_reason = reason
+        self.device = "cpu"
+
+    def run_options(self) -> ort.RunOptions | None:
+        """Per-run options: on CUDA, shrink the memory arena after the run so the GPU memory goes back."""
+        if self.device != "cuda":
+            return None
+        run = ort.RunOptions()
+        run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0")
+        return run
+
+
+class Preprocessor:
+    """NeMo's log-mel features through onnx-asr's preprocessor graph (exactly NeMo's, batched with lengths)."""
+
+    def __init__(self, features_size: int, factory: SessionFactory) -> None:
+        """Load onnx-asr's `nemo<features_size>` graph on the CPU (it is cheap next to the encoder)."""
+        from importlib.resources import files
+
+        import onnx_asr.preprocessors
+
+        graph = files(onnx_asr.preprocessors).joinpath("data").joinpath(f"nemo{features_size}.onnx")
+        self._session = factory.create(graph.read_bytes(), cpu_only=True)
+
+    def __call__(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Pad a batch and compute features [B, F, T] with their lengths."""
+        lengths = np.array([len(a) for a in audio], dtype=np.int64)
+        batch = np.zeros((len(audio), int(lengths.max())), dtype=np.float32)
+        for row, samples in enumerate(audio):
+            batch[row, : len(samples)] = samples
+        features, features_lens = self._session.run(
+            ["features", "features_lens"], {"waveforms": batch, "waveforms_lens": lengths}
+        )
+        return check_float32(features), check_int64(features_lens)
+
+
+def check_float32(value: object) -> npt.NDArray[np.float32]:
+    """`value` as a float32 array, or an error naming what the session returned instead."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        return value
+    msg = f"expected a float32 array from onnxruntime, got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def check_int64(value: object) -> npt.NDArray[np.int64]:
+    """`value` as an int64 array, or an error naming what the session returned instead."""
+    if isinstance(value, np.ndarray) and value.dtype == np.int64:
+        return value
+    msg = f"expected an int64 array from onnxruntime, got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+class OnnxEngine(ABC):
+    """The pipeline both ONNX families share: check options, features, encode and decode, wrap failures."""
+
+    def __init__(self, name: str, model_dir: ModelDir, factory: SessionFactory, info: ModelInfo) -> None:
+        """Hold the name, session factory, NeMo front end and what the model can do."""
+        self._name = name
+        self._factory = factory
+        self._preprocessor = Preprocessor(model_dir.features_size, factory)
+        self._info = info
+
+    @property
+    def info(self) -> ModelInfo:
+        """What this model is and can do."""
+        return self._info
+
+    def transcribe(self, audio: Sequence[Audio], options: Sequence[TranscribeOptions]) -> list[Transcript]:
+        """Transcribe a batch: one options entry and one transcript per utterance, in order.
+
+        Raises:
+            RequestError: an option the model cannot honour (checked before any work).
+            InferenceError: onnxruntime failed (the cause is chained).
+        """
+        if len(audio) != len(options):
+            msg = f"{len(audio)} utterances but {len(options)} options"
+            raise ValueError(msg)
+        for option in options:
+            self._info.check(option)
+        if not audio:
+            return []
+        try:
+            return self._transcribe(list(audio), list(options))
+        except Exception as exc:
+            raise InferenceError(self._name) from exc
+
+    @abstractmethod
+    def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
+        """The family's encode and decode for a non-empty, checked batch."""
+
+    def release_memory(self) -> None:  # noqa: B027 - a deliberate no-op that subclasses may extend
+        """Nothing to do: on CUDA every encoder run already shrinks the memory arena."""
+
+    def close(self) -> None:
+        """Drop the sessions (the engine is unusable afterwards)."""
+        self.__dict__.clear()
+
+
+def load_onnx_engine(path: Path, name: str, options: RuntimeOptions, languages: tuple[str, ...] = ()) -> OnnxEngine:
+    """Load the model in `path` (onnx-asr layout) as a TDT or AED engine.
+
+    `languages` names what a TDT model is documented to speak (Canary's come from its vocabulary).
+
+    Raises:
+        ModelNotFoundError: `path` is not a directory.
+        InvalidModelError: the directory is not a model Aviary runs.
+    """
+    model_dir = read_model_dir(path, name, options.quantization)
+    factory = SessionFactory(options)
+    if model_dir.model_type == "nemo-conformer-tdt":
+        from aviary.engine.tdt import TdtEngine
+
+        return TdtEngine(name, model_dir, factory, languages)
+    from aviary.engine.aed import AedEngine
+
+    return AedEngine(name, model_dir, factory)

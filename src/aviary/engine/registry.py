@@ -1,0 +1,221 @@
+"""The model registry: a name, hub repository, directory or `.nemo` file -> one loaded, shared engine.
+
+Names resolve in this order: an alias (`parakeet`, `canary`, configurable), a registry name
+(`parakeet-tdt-0.6b-v2`, ...), an existing local path (a directory in the onnx-asr layout, or a
+`.nemo` file), then a hub repository id (`nvidia/...` ids of registry models map to that model; other
+`*-onnx` repos run on onnxruntime, the rest on NeMo). Hub files come through huggingface_hub into the
+standard cache; offline, a model that is not cached raises `ModelUnavailableError` saying what to do.
+Each model loads once, even when many threads ask for it at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
+from aviary.errors import ModelNotFoundError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aviary.config import Settings
+    from aviary.engine.base import Engine, EngineName
+
+EUROPEAN = (
+    "bg", "cs", "da", "de", "el", "en", "es", "et", "fi", "fr", "hr", "hu", "it",
+    "lt", "lv", "mt", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sv", "uk",
+)  # fmt: skip
+FLASH = ("de", "en", "es", "fr")
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model Aviary knows by name, with its ONNX and NeMo repositories."""
+
+    name: str
+    onnx_repo: str
+    nemo_repo: str
+    languages: tuple[str, ...]
+    description: str
+
+
+KNOWN: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            "parakeet-tdt-0.6b-v2",
+            "istupakov/parakeet-tdt-0.6b-v2-onnx",
+            "nvidia/parakeet-tdt-0.6b-v2",
+            ("en",),
+            "Parakeet TDT 0.6B v2: English, punctuation, word times",
+        ),
+        KnownModel(
+            "parakeet-tdt-0.6b-v3",
+            "istupakov/parakeet-tdt-0.6b-v3-onnx",
+            "nvidia/parakeet-tdt-0.6b-v3",
+            EUROPEAN,
+            "Parakeet TDT 0.6B v3: 25 European languages, detected automatically",
+        ),
+        KnownModel(
+            "canary-1b-v2",
+            "istupakov/canary-1b-v2-onnx",
+            "nvidia/canary-1b-v2",
+            EUROPEAN,
+            "Canary 1B v2: 25 European languages, translation to and from English",
+        ),
+        KnownModel(
+            "canary-1b-flash",
+            "istupakov/canary-1b-flash-onnx",
+            "nvidia/canary-1b-flash",
+            FLASH,
+            "Canary 1B Flash: en/de/es/fr, translation to and from English",
+        ),
+        KnownModel(
+            "canary-180m-flash",
+            "istupakov/canary-180m-flash-onnx",
+            "nvidia/canary-180m-flash",
+            FLASH,
+            "Canary 180M Flash: en/de/es/fr, translation to and from English",
+        ),
+    )
+}
+SourceKind = Literal["hub", "directory", "nemo-file"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a requested model comes from."""
+
+    name: str
+    """The name transcripts report: the registry name, or the path or repository as given."""
+    engine: EngineName
+    kind: SourceKind
+    location: str
+    """A repository id or a filesystem path."""
+    known: KnownModel | None = None
+
+
+def onnx_patterns(quantization: str | None) -> list[str]:
+    """Hub files an ONNX model needs: config, vocabulary, and the model files of one precision."""
+    suffix = f".{quantization}" if quantization else ""
+    return ["config.json", "vocab.txt", f"*-model{suffix}.onnx", f"*-model{suffix}.onnx.data"]
+
+
+class Registry:
+    """Resolves model names and keeps one loaded engine per model."""
+
+    def __init__(self, settings: Settings, loader: Callable[[Source, Path], Engine] | None = None) -> None:
+        """Use `settings` for resolution and devices; `loader` replaces engine construction (tests, fakes)."""
+        self.settings = settings
+        self._loader = loader or self._load
+        self._engines: dict[Source, Engine] = {}
+        self._locks: dict[Source, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def resolve(self, name: str) -> Source:
+        """Turn a requested name into a `Source` (no I/O beyond checking local paths).
+
+        Raises:
+            ModelNotFoundError: nothing of that name exists.
+        """
+        requested = self.settings.aliases.get(name, name).strip()
+        if not requested:
+            raise ModelNotFoundError(name, (*self.settings.aliases, *KNOWN))
+        if requested in KNOWN:
+            return self._known(KNOWN[requested])
+        path = Path(requested).expanduser()
+        if path.is_dir():
+            return Source(requested, "onnx", "directory", str(path))
+        if path.is_file() and path.suffix == ".nemo":
+            return Source(requested, "nemo", "nemo-file", str(path))
+        parts = requested.split("/")
+        if len(parts) == 2 and all(parts) and not requested.startswith((".", "~")) and path.suffix != ".nemo":  # noqa: PLR2004
+            known = next((m for m in KNOWN.values() if requested in {m.nemo_repo, m.onnx_repo}), None)
+            if known is not None:
+                return self._known(known)
+            engine: EngineName = "onnx" if requested.endswith("-onnx") else "nemo"
+            return Source(requested, engine, "hub", requested)
+        raise ModelNotFoundError(name, (*self.settings.aliases, *KNOWN))
+
+    def _known(self, model: KnownModel) -> Source:
+        engine = self.settings.engine
+        return Source(model.name, engine, "hub", model.onnx_repo if engine == "onnx" else model.nemo_repo, model)
+
+    def get(self, name: str) -> Engine:
+        """The loaded engine for `name`, loading it on first use (once, however many threads ask)."""
+        source = self.resolve(name)
+        with self._guard:
+            if source in self._engines:
+                return self._engines[source]
+            lock = self._locks.setdefault(source, threading.Lock())
+        with lock:
+            if source not in self._engines:
+                engine = self._loader(source, self.fetch(source))
+                with self._guard:
+                    self._engines[source] = engine
+        return self._engines[source]
+
+    def loaded(self) -> list[Engine]:
+        """Engines loaded so far."""
+        with self._guard:
+            return list(self._engines.values())
+
+    def fetch(self, source: Source, *, download: bool | None = None) -> Path:
+        """The local path of `source`'s files, downloading hub files into the HF cache unless offline.
+
+        Raises:
+            ModelUnavailableError: not cached and downloading is off or failed.
+            ModelNotFoundError: the hub has no such repository.
+        """
+        if source.kind != "hub":
+            return Path(source.location)
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+        offline = self.settings.offline if download is None else not download
+        patterns = onnx_patterns(self.settings.quantization) if source.engine == "onnx" else ["*.nemo"]
+        try:
+            folder = snapshot_download(
+                source.location, allow_patterns=patterns, cache_dir=self.settings.cache_dir, local_files_only=offline
+            )
+        except RepositoryNotFoundError as exc:
+            raise ModelNotFoundError(source.location) from exc
+        except LocalEntryNotFoundError as exc:
+            raise ModelUnavailableError(
+                source.name, "it is not in the Hugging Face cache and downloads are off"
+            ) from exc
+        except (HfHubHTTPError, OSError) as exc:
+            raise ModelUnavailableError(source.name, f"downloading {source.location} failed") from exc
+        if source.engine == "nemo":
+            return next(Path(folder).glob("*.nemo"), Path(folder))
+        return Path(folder)
+
+    def is_cached(self, source: Source) -> bool:
+        """Whether `source`'s files are on this machine (no network)."""
+        try:
+            self.fetch(source, download=False)
+        except (ModelUnavailableError, ModelNotFoundError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close every loaded engine."""
+        with self._guard:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.close()
+
+    def _load(self, source: Source, path: Path) -> Engine:
+        settings = self.settings
+        languages = source.known.languages if source.known else ()
+        if source.engine == "nemo":
+            from aviary.engine.nemo import load_nemo_engine
+
+            return load_nemo_engine(path, source.name, device=settings.device)
+        options = RuntimeOptions(
+            device=settings.device, intra_op_threads=settings.threads, quantization=settings.quantization
+        )
+        return load_onnx_engine(path, source.name, options, languages=languages)

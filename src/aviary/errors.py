@@ -1,0 +1,209 @@
+"""Aviary's one error tree. Every error has a stable machine `code`; none carries an HTTP status.
+
+```
+AviaryError
+├── ModelError
+│   ├── ModelNotFoundError        model_not_found      (also LookupError: no such name)
+│   ├── ModelUnavailableError     model_unavailable    (known, but not on disk and cannot be fetched)
+│   └── InvalidModelError         invalid_model        (files present but not a usable model)
+├── RequestError                                       (also ValueError: the caller asked for something wrong)
+│   ├── UnsupportedLanguageError  unsupported_language
+│   ├── UnsupportedTaskError      unsupported_task
+│   └── InvalidOptionError        invalid_option
+├── AudioError                                         (also ValueError: the input media is unusable)
+│   ├── EmptyFileError            empty_file
+│   ├── UnsupportedMediaError     unsupported_media
+│   ├── InvalidAudioError         invalid_audio
+│   │   ├── NoAudioStreamError    invalid_audio        (media without an audio stream)
+│   │   └── NoSamplesError        invalid_audio        (an audio stream that decodes to nothing)
+│   ├── AudioTooLongError         audio_too_long
+│   ├── PayloadTooLargeError      payload_too_large
+│   └── DecodeTimeoutError        decode_timeout       (also TimeoutError)
+└── InferenceError                inference_failed     (also RuntimeError: the engine failed)
+```
+
+Each error builds its own message from its arguments, so a raise is one line, and messages are
+written for users: what was wrong, in plain words, never a traceback or a server path.
+"""
+
+from __future__ import annotations
+
+
+class AviaryError(Exception):
+    """The root of every error Aviary raises on purpose."""
+
+    code = "aviary_error"
+
+
+class ModelError(AviaryError):
+    """A model cannot be resolved or loaded."""
+
+    code = "model_error"
+
+
+class ModelNotFoundError(ModelError, LookupError):
+    """No model of that name, repository or path exists."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str, known: tuple[str, ...] = ()) -> None:
+        """Name the unknown model and, when given, the known names."""
+        hint = f"; known models: {', '.join(known)}" if known else ""
+        super().__init__(f"The model '{model}' does not exist{hint}.")
+        self.model = model
+
+
+class ModelUnavailableError(ModelError):
+    """A known model is not on this machine and cannot be downloaded now."""
+
+    code = "model_unavailable"
+
+    def __init__(self, model: str, reason: str) -> None:
+        """Name the model, why it is unavailable, and what to do."""
+        super().__init__(
+            f"The model '{model}' is not available: {reason}. Download it with `aviary models pull {model}` "
+            "while online, or point at a local model directory or .nemo file."
+        )
+        self.model = model
+
+
+class InvalidModelError(ModelError):
+    """Model files are present but are not a model this engine can run."""
+
+    code = "invalid_model"
+
+    def __init__(self, model: str, reason: str) -> None:
+        """Name the model and what is wrong with its files."""
+        super().__init__(f"The model '{model}' cannot be loaded: {reason}.")
+        self.model = model
+
+
+class RequestError(AviaryError, ValueError):
+    """The caller asked for something the model cannot do."""
+
+    code = "invalid_request"
+
+
+class UnsupportedLanguageError(RequestError):
+    """The language is not one the model speaks."""
+
+    code = "unsupported_language"
+
+    def __init__(self, language: str, model: str, supported: tuple[str, ...]) -> None:
+        """Name the language, the model and its languages."""
+        super().__init__(
+            f"The model '{model}' does not support the language '{language}'; supported: {', '.join(supported)}."
+        )
+        self.language = language
+
+
+class UnsupportedTaskError(RequestError):
+    """The model cannot do this task (e.g. translation on a transcription-only model)."""
+
+    code = "unsupported_task"
+
+    def __init__(self, task: str, model: str) -> None:
+        """Name the task and the model."""
+        super().__init__(f"The model '{model}' cannot {task}.")
+
+
+class InvalidOptionError(RequestError):
+    """An option has a value outside its domain."""
+
+    code = "invalid_option"
+
+    def __init__(self, option: str, value: object, expected: str) -> None:
+        """Name the option, the value given and what is expected."""
+        super().__init__(f"Invalid {option} {value!r}: expected {expected}.")
+
+
+class AudioError(AviaryError, ValueError):
+    """The input media cannot be turned into audio."""
+
+    code = "invalid_audio"
+
+
+class EmptyFileError(AudioError):
+    """The upload holds no bytes."""
+
+    code = "empty_file"
+
+    def __init__(self) -> None:
+        """Say the file is empty."""
+        super().__init__("The file is empty.")
+
+
+class UnsupportedMediaError(AudioError):
+    """Not audio, or a container or codec Aviary does not accept."""
+
+    code = "unsupported_media"
+
+    def __init__(self) -> None:
+        """Say the file is not media Aviary accepts."""
+        super().__init__("The file is not a supported audio or video format.")
+
+
+class InvalidAudioError(AudioError):
+    """Audio that is corrupt, truncated, or holds no samples."""
+
+    code = "invalid_audio"
+
+    def __init__(self, message: str = "The audio is corrupt or truncated.") -> None:
+        """Say what was wrong with the audio (subclasses say it more precisely)."""
+        super().__init__(message)
+
+
+class NoAudioStreamError(InvalidAudioError):
+    """Media without an audio stream (e.g. a silent video)."""
+
+    def __init__(self) -> None:
+        """Say there is no audio stream."""
+        super().__init__("The file has no audio stream.")
+
+
+class NoSamplesError(InvalidAudioError):
+    """An audio stream that decodes to nothing."""
+
+    def __init__(self) -> None:
+        """Say the audio is empty."""
+        super().__init__("The audio holds no samples.")
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than the configured maximum."""
+
+    code = "audio_too_long"
+
+    def __init__(self, limit_seconds: float) -> None:
+        """Name the limit."""
+        super().__init__(f"The audio is longer than the maximum of {limit_seconds:g} seconds.")
+
+
+class PayloadTooLargeError(AudioError):
+    """The input is larger than the configured maximum."""
+
+    code = "payload_too_large"
+
+    def __init__(self, limit_bytes: int) -> None:
+        """Name the limit."""
+        super().__init__(f"The file is larger than the maximum of {limit_bytes} bytes.")
+
+
+class DecodeTimeoutError(AudioError, TimeoutError):
+    """Decoding took longer than allowed."""
+
+    code = "decode_timeout"
+
+    def __init__(self, limit_seconds: float) -> None:
+        """Name the limit."""
+        super().__init__(f"Decoding the audio took longer than {limit_seconds:g} seconds.")
+
+
+class InferenceError(AviaryError, RuntimeError):
+    """The engine failed while running a model."""
+
+    code = "inference_failed"
+
+    def __init__(self, model: str) -> None:
+        """Name the model (the cause is chained, not shown)."""
+        super().__init__(f"The model '{model}' failed while transcribing.")

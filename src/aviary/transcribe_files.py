@@ -1,0 +1,84 @@
+"""`aviary transcribe FILE...`: decode each file, transcribe it, write it in the chosen format.
+
+A file that fails (unreadable, not audio, ...) prints one line naming it and its error code; the
+other files are still processed, and the exit status says whether any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, cast
+
+from aviary.audio import decode
+from aviary.engine.registry import Registry
+from aviary.errors import AviaryError
+from aviary.formats import parse_format, render
+from aviary.types import TranscribeOptions
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+
+    from aviary.config import Settings
+    from aviary.engine.base import Engine
+
+EXTENSIONS = {"text": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
+
+
+def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
+    """Transcribe `args.files` with `settings.model`; return 0, or 1 when any file failed."""
+    options = TranscribeOptions(
+        language=args.language,
+        task=args.task,
+        target_language=args.target_language,
+        pnc=not args.no_pnc,
+    )
+    registry = Registry(settings)
+    try:
+        engine = registry.get(settings.model)
+        engine.info.check(options)
+        out_dir = Path(args.output_dir) if args.output_dir else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        failed = 0
+        for path in _progress([Path(f) for f in args.files], sys.stderr):
+            try:
+                text = _one(engine, path, options, args.format)
+            except (AviaryError, OSError) as exc:
+                code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
+                reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
+                sys.stderr.write(f"aviary: {path}: [{code}] {reason}\n")
+                failed += 1
+                continue
+            _write(text, path, out_dir, args.format, several=len(args.files) > 1)
+    finally:
+        registry.close()
+    return 1 if failed else 0
+
+
+def _one(engine: Engine, path: Path, options: TranscribeOptions, fmt: str) -> str:
+    with path.open("rb") as file:
+        audio = decode(file)
+    transcript = engine.transcribe([audio], [options])[0]
+    return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
+
+
+def _write(text: str, path: Path, out_dir: Path | None, fmt: str, *, several: bool) -> None:
+    body = text if text.endswith("\n") else text + "\n"
+    if out_dir is not None:
+        (out_dir / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
+        return
+    if several:
+        sys.stdout.write(f"==> {path} <==\n")
+    sys.stdout.write(body)
+    sys.stdout.flush()
+
+
+def _progress(paths: list[Path], stream: TextIO) -> Iterable[Path]:
+    """`paths`, wrapped in a progress bar on stderr when it is a terminal and there is more than one file."""
+    if len(paths) < 2 or not stream.isatty():  # noqa: PLR2004
+        return paths
+    from tqdm import tqdm
+
+    return cast("Iterable[Path]", tqdm(paths, file=stream, unit="file"))

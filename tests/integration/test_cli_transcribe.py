@@ -1,0 +1,138 @@
+"""`aviary transcribe` and `aviary models` as users run them: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import srt
+
+from tests.support.fixtures import AUDIO, MODELS, golden
+from tests.support.hub import add_onnx_model
+from tools.fixtures import speech
+
+AVIARY = str(Path(sys.executable).with_name("aviary"))
+
+
+def aviary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu", **(env or {})}
+    return subprocess.run([AVIARY, *args], capture_output=True, text=True, timeout=300, env=environment, check=False)
+
+
+def test_prints_the_golden_text_of_a_parakeet_clip() -> None:
+    case = next(c for c in golden("parakeet-tdt-tiny")["cases"] if c["clip"] == "en-digits-6.wav")
+    done = aviary("transcribe", str(AUDIO / "en-digits-6.wav"), "--model", str(MODELS / "parakeet-tdt-tiny"))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == case["text"] + "\n"
+
+
+def test_canary_transcribes_and_translates_with_language_flags() -> None:
+    cases = golden("canary-digits")["cases"]
+    transcribe = next(c for c in cases if c["clip"] == "canary-fr-1.wav" and c["target_lang"] == "fr" and c["pnc"])
+    done = aviary(
+        "transcribe", str(AUDIO / "canary-fr-1.wav"), "--model", str(MODELS / "canary-digits"), "--language", "fr"
+    )
+    assert done.stdout == transcribe["text"] + "\n", done.stderr
+    translate = next(c for c in cases if c["clip"] == "canary-es-2.wav" and c["target_lang"] == "en" and not c["pnc"])
+    done = aviary(
+        "transcribe",
+        *(str(AUDIO / "canary-es-2.wav"), "--model", str(MODELS / "canary-digits"), "--language", "es"),
+        *("--task", "translate", "--target-language", "en", "--no-pnc"),
+    )
+    assert done.stdout == translate["text"] + "\n", done.stderr
+
+
+def test_digits_model_understands_fresh_speech_in_subtitles(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2024)
+    specs = [speech.random_spec(rng, "en", heldout=True) for _ in range(6)]
+    paths = []
+    for index, spec in enumerate(specs):
+        paths.append(tmp_path / f"fresh-{index}.wav")
+        speech.write_wav(paths[-1], speech.synthesize(spec))
+    out = tmp_path / "out"
+    done = aviary(
+        "transcribe",
+        *map(str, paths),
+        "--model",
+        str(MODELS / "parakeet-digits"),
+        "--format",
+        "srt",
+        "--output-dir",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    references, hypotheses = [], []
+    for path, spec in zip(paths, specs, strict=True):
+        cues = list(srt.parse((out / f"{path.stem}.srt").read_text(encoding="utf-8")))
+        hypotheses.append(" ".join(c.content for c in cues))
+        references.append(" ".join(speech.DIGIT_WORDS["en"][d] for d in spec.digits))
+        assert cues[0].start.total_seconds() >= 0
+        assert cues[-1].end.total_seconds() <= len(speech.synthesize(spec)) / speech.SAMPLE_RATE + 0.08
+    # parakeet-digits has 2.2% WER on held-out voices: a transcript that means nothing would be ~100%.
+    assert jiwer.wer(references, hypotheses) < 0.1
+
+
+def test_bad_files_get_one_line_each_and_the_rest_is_still_transcribed(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 20, encoding="utf-8")
+    good = AUDIO / "en-digits-3.wav"
+    missing = tmp_path / "missing.wav"
+    done = aviary(
+        "transcribe", str(empty), str(text), str(good), str(missing), "--model", str(MODELS / "parakeet-digits")
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines == [
+        f"aviary: {empty}: [empty_file] The file is empty.",
+        f"aviary: {text}: [unsupported_media] The file is not a supported audio or video format.",
+        f"aviary: {missing}: [unreadable_file] No such file or directory",
+    ]
+    assert done.stdout == f"==> {good} <==\nthree one four\n"
+
+
+def test_json_formats_and_a_refused_task() -> None:
+    done = aviary(
+        "transcribe",
+        str(AUDIO / "en-digits-3.wav"),
+        "--model",
+        str(MODELS / "parakeet-digits"),
+        "--format",
+        "verbose_json",
+    )
+    body = json.loads(done.stdout)
+    assert [w["word"] for w in body["words"]] == ["three", "one", "four"]
+    assert body["task"] == "transcribe"
+    assert body["segments"][0]["text"] == "three one four"
+    done = aviary(
+        "transcribe", str(AUDIO / "en-digits-3.wav"), "--model", str(MODELS / "parakeet-digits"), "--task", "translate"
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("aviary: error: [unsupported_task]")
+
+
+def test_models_list_and_an_offline_hub_cache(tmp_path: Path) -> None:
+    hub = tmp_path / "hf" / "hub"
+    add_onnx_model(hub, "istupakov/parakeet-tdt-0.6b-v2-onnx", MODELS / "parakeet-digits")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    listing = aviary("models", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split()[1:3] for line in listing.stdout.splitlines()[1:] if len(line.split()) > 2}
+    assert rows["parakeet-tdt-0.6b-v2"] == ["onnx", "yes"]
+    assert rows["canary-1b-v2"] == ["onnx", "no"]
+    done = aviary("transcribe", str(AUDIO / "en-digits-3.wav"), "--model", "parakeet", env=env)
+    assert done.stdout == "three one four\n", done.stderr
+    missing = aviary("transcribe", str(AUDIO / "en-digits-3.wav"), "--model", "canary", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("aviary: error: [model_unavailable] The model 'canary-1b-v2' is not available")
+    pull = aviary("models", "pull", "parakeet", env=env)
+    assert pull.returncode == 0
+    assert pull.stdout.startswith("parakeet-tdt-0.6b-v2: ")
+    unknown = aviary("models", "pull", "whisper-1", env=env)
+    assert unknown.stderr.startswith("aviary: error: [model_not_found]")
