@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from aviary.engine.onnx import RuntimeOptions, SessionFactory, load_onnx_engine, read_model_dir
+from aviary.engine.tdt import TdtEngine
+from aviary.engine.tdt_decoder import FusedDecoder, SplitDecoder, load_step_decoder
 from aviary.errors import InvalidModelError, ModelNotFoundError, UnsupportedLanguageError, UnsupportedTaskError
 from aviary.types import TranscribeOptions
 from tests.support.fixtures import FRAME_SECONDS, MODELS, PARAKEETS, canary_options, clip, golden
@@ -176,3 +178,26 @@ def test_cuda_request_without_cuda_falls_back_to_cpu_once(caplog: pytest.LogCapt
     model = load_onnx_engine(MODELS / "parakeet-digits", "p", RuntimeOptions(device="cuda", intra_op_threads=1))
     assert model.info.device == "cpu"
     assert model.transcribe([clip("en-digits-3.wav")], [TranscribeOptions()])[0].text == "three one four"
+
+
+@pytest.mark.parametrize("name", PARAKEETS)
+def test_split_joint_is_used_and_computes_what_the_fused_graph_does(name: str) -> None:
+    factory = SessionFactory(CPU)
+    assert SplitDecoder.load(MODELS / name / "decoder_joint-model.onnx", factory) is not None
+    fused = TdtEngine(name, read_model_dir(MODELS / name, name), factory, split_joint=False)
+    split = engine(name)
+    clips = [clip(c["clip"]) for c in golden(name)["cases"]]
+    options = [TranscribeOptions()] * len(clips)
+    for ours, theirs in zip(split.transcribe(clips, options), fused.transcribe(clips, options), strict=True):
+        assert ours.tokens == theirs.tokens
+        assert [(w.word, w.start, w.end) for w in ours.words] == [(w.word, w.start, w.end) for w in theirs.words]
+        assert [w.confidence for w in ours.words] == pytest.approx([w.confidence for w in theirs.words], abs=1e-4)
+
+
+def test_a_graph_that_is_not_nemos_joint_is_run_fused() -> None:
+    # The encoder graph has none of the joint's structure: the split must decline, not guess.
+    assert SplitDecoder.load(MODELS / "parakeet-tdt-tiny" / "encoder-model.onnx", SessionFactory(CPU)) is None
+    decoder = load_step_decoder(
+        MODELS / "parakeet-tdt-tiny" / "decoder_joint-model.onnx", SessionFactory(CPU), split=False
+    )
+    assert isinstance(decoder, FusedDecoder)

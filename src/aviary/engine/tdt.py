@@ -16,6 +16,7 @@ import numpy as np
 
 from aviary.engine.base import ModelInfo
 from aviary.engine.onnx import OnnxEngine, check_float32, check_int64
+from aviary.engine.tdt_decoder import load_step_decoder
 from aviary.engine.timestamps import TimedToken, detokenize, segments_from_words, words_from_tokens
 from aviary.types import SAMPLE_RATE, Transcript
 
@@ -43,19 +44,23 @@ class TdtEngine(OnnxEngine):
     """A Parakeet-TDT model in onnx-asr's layout (`encoder-model.onnx`, `decoder_joint-model.onnx`)."""
 
     def __init__(
-        self, name: str, model_dir: ModelDir, factory: SessionFactory, languages: tuple[str, ...] = ()
+        self,
+        name: str,
+        model_dir: ModelDir,
+        factory: SessionFactory,
+        languages: tuple[str, ...] = (),
+        *,
+        split_joint: bool = True,
     ) -> None:
-        """Create the sessions; `languages` is what the model is documented to speak (empty: any)."""
+        """Create the sessions; `languages`: what the model speaks (empty: any); `split_joint`: see tdt_decoder."""
         super().__init__(name, model_dir, factory, ModelInfo(name, "onnx", "tdt", factory.device, languages=languages))
         self._encoder = factory.create(model_dir.files["encoder-model"])
-        self._decoder = factory.create(model_dir.files["decoder_joint-model"])
+        self._decoder = load_step_decoder(model_dir.files["decoder_joint-model"], factory, split=split_joint)
         self._vocab = model_dir.vocab
         self._blank = next((i for i, p in self._vocab.items() if p == "<blk>"), len(self._vocab) - 1)
         self._n_classes = max(self._vocab) + 1  # vocabulary plus blank; durations follow in the joint output
         self._max_symbols = int(model_dir.config.get("max_tokens_per_step", 10))
         self._frame_seconds = MEL_HOP_SECONDS * model_dir.subsampling_factor
-        shapes = {i.name: i.shape for i in self._decoder.get_inputs()}
-        self._state_shapes = (shapes["input_states_1"], shapes["input_states_2"])
 
     def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
         encoded, lengths = self._encode(audio)
@@ -77,22 +82,17 @@ class TdtEngine(OnnxEngine):
         lengths = np.minimum(lengths, encoded.shape[1])
         time = np.zeros(batch, dtype=np.int64)
         emitted = np.zeros(batch, dtype=np.int64)
-        last = np.full(batch, self._blank, dtype=np.int32)
-        state1 = np.zeros((self._state_shapes[0][0], batch, self._state_shapes[0][2]), dtype=np.float32)
-        state2 = np.zeros((self._state_shapes[1][0], batch, self._state_shapes[1][2]), dtype=np.float32)
+        self._decoder.start(encoded, self._blank)
         out = _Emissions([], [], [], [], [])
         active = np.flatnonzero(time < lengths)
         while active.size:
-            logits, new1, new2 = self._step(
-                encoded[active, time[active]], last[active], state1[:, active], state2[:, active]
-            )
+            logits = self._decoder.scores(active, time[active])
             token = logits[:, : self._n_classes].argmax(axis=-1)
             duration = logits[:, self._n_classes :].argmax(axis=-1).astype(np.int64)
             spoken = token != self._blank
             rows = active[spoken]
             if rows.size:
-                state1[:, rows], state2[:, rows] = new1[:, spoken], new2[:, spoken]
-                last[rows] = token[spoken]
+                self._decoder.emit(spoken, token[spoken])
                 emitted[rows] += 1
                 out.rows.append(rows)
                 out.tokens.append(token[spoken].astype(np.int64))
@@ -105,26 +105,6 @@ class TdtEngine(OnnxEngine):
             emitted[active[step > 0]] = 0
             active = active[time[active] < lengths[active]]
         return out
-
-    def _step(
-        self,
-        frames: npt.NDArray[np.float32],
-        last: npt.NDArray[np.int32],
-        state1: npt.NDArray[np.float32],
-        state2: npt.NDArray[np.float32],
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        outputs, _, new1, new2 = self._decoder.run(
-            ["outputs", "prednet_lengths", "output_states_1", "output_states_2"],
-            {
-                "encoder_outputs": frames[:, :, None],
-                "targets": last[:, None],
-                "target_length": np.ones(len(last), dtype=np.int32),
-                "input_states_1": state1,
-                "input_states_2": state2,
-            },
-        )
-        logits = check_float32(outputs)
-        return logits.reshape(logits.shape[0], -1), check_float32(new1), check_float32(new2)
 
     def _transcripts(
         self, emissions: _Emissions, durations: list[float], languages: list[str | None]
