@@ -124,3 +124,11 @@ def test_a_failed_load_is_not_cached(tmp_path: Path) -> None:
         reg.get("parakeet")
     add_onnx_model(tmp_path / "hub", KNOWN["parakeet-tdt-0.6b-v2"].onnx_repo, MODELS / "parakeet-tdt-tiny")
     assert reg.get("parakeet").info.family == "tdt"
+
+
+@pytest.mark.fixtures
+def test_a_nemo_file_loads_on_the_nemo_engine(tmp_path: Path) -> None:
+    reg = registry(tmp_path)
+    engine = reg.get(str(MODELS / "parakeet-digits" / "model.nemo"))
+    assert (engine.info.engine, engine.info.family, engine.info.device) == ("nemo", "tdt", "cpu")
+    assert engine.transcribe([clip("en-digits-3.wav")], [TranscribeOptions()])[0].text == "three one four"

@@ -47,7 +47,7 @@ _Prompt = tuple[str, str, bool]  # Canary's source language, target language and
 class NemoEngine:
     """A NeMo ASR model: Parakeet (TDT / RNN-T, with word times) or Canary (AED, multitask)."""
 
-    def __init__(self, name: str, model: Any, device: str) -> None:  # noqa: ANN401 - a NeMo ASRModel
+    def __init__(self, name: str, model: Any, device: str, languages: tuple[str, ...] = ()) -> None:  # noqa: ANN401
         """Wrap a restored model already on `device`; set greedy decoding with timestamps and confidence."""
         from nemo.collections.asr.models import EncDecMultiTaskModel, EncDecRNNTModel
 
@@ -68,7 +68,7 @@ class NemoEngine:
             decoding = _decoding(model, strategy="greedy_batch", compute_timestamps=True, confidence_cfg=CONFIDENCE)
             model.change_decoding_strategy(decoding, verbose=False)
             self._vocabulary = int(model.decoding.blank_id) + 1  # tokens plus blank: what max_prob normalises by
-            self._info = ModelInfo(name, "nemo", "tdt", device)
+            self._info = ModelInfo(name, "nemo", "tdt", device, languages)
         else:
             raise InvalidModelError(name, f"a {type(model).__name__} is neither a TDT/RNN-T nor a Canary model")
         model.eval()
@@ -196,13 +196,16 @@ class NemoEngine:
         return results
 
 
-def load_nemo_engine(source: str | Path, name: str, *, device: Literal["auto", "cpu", "cuda"]) -> NemoEngine:
+def load_nemo_engine(
+    source: str | Path, name: str, *, device: Literal["auto", "cpu", "cuda"], languages: tuple[str, ...] = ()
+) -> NemoEngine:
     """Load a `.nemo` file, or a hub model such as `nvidia/parakeet-tdt-0.6b-v2`, as a NeMo engine.
 
     Args:
         source: a `.nemo` file (or NeMo's extracted model directory), or a Hugging Face repository id.
         name: the name the model is known by (in errors and `info`).
         device: "cuda" or "auto" use CUDA when torch has it, and fall back to the CPU (with a warning).
+        languages: what a TDT model is documented to speak (Canary's come from its tokenizer).
 
     Returns:
         The engine; `info.device` says where it runs.
@@ -219,7 +222,7 @@ def load_nemo_engine(source: str | Path, name: str, *, device: Literal["auto", "
     if hub:
         path = _download(str(source), name)
     model = _restore(path, name)
-    return NemoEngine(name, model, _place(model, device))
+    return NemoEngine(name, model, _place(model, device), languages)
 
 
 def _download(repo: str, name: str) -> Path:

@@ -214,7 +214,7 @@ class Registry:
         if source.engine == "nemo":
             from aviary.engine.nemo import load_nemo_engine
 
-            return load_nemo_engine(path, source.name, device=settings.device)
+            return load_nemo_engine(path, source.name, device=settings.device, languages=languages)
         options = RuntimeOptions(
             device=settings.device, intra_op_threads=settings.threads, quantization=settings.quantization
         )
