@@ -35,9 +35,10 @@ PAIRS: tuple[tuple[speech.Lang, speech.Lang], ...] = (
     ("en", "de"), ("en", "es"), ("en", "fr"), ("de", "en"), ("es", "en"), ("fr", "en"),
 )  # fmt: skip
 HELDOUT_PER_LANG = 20
-# TODO(#2): the build target is a digit-word error rate below 0.10. The committed fixture (2400 CPU steps)
-# measures 0.12-0.24 per task on this set, so for now the check guards against regressions only.
-MAX_WER = 0.30
+# The build target: digit-word error rate below 10% for transcription and for translation (the build
+# measured 4.7% and 5.9% on 40 held-out clips per task). One task on 20 clips is noisier: 15%.
+MAX_WER = 0.10
+MAX_TASK_WER = 0.15
 
 Task = tuple[str, str, bool]
 
@@ -163,19 +164,32 @@ def heldout() -> dict[speech.Lang, list[tuple[speech.Spec, npt.NDArray[np.float3
     return clips
 
 
-@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}->{t}" for s, t in PAIRS])
-def test_heldout_wer(
+@pytest.fixture(scope="module")
+def task_wers(
     onnx_model: Any,  # noqa: ANN401
     heldout: dict[speech.Lang, list[tuple[speech.Spec, npt.NDArray[np.float32]]]],
-    source: speech.Lang,
-    target: speech.Lang,
-) -> None:
-    references: list[str] = []
-    hypotheses: list[str] = []
-    for index, (spec, audio) in enumerate(heldout[source]):
-        pnc = index % 2 == 0  # both output styles; WER ignores case and punctuation
-        text = onnx_model.recognize(audio, language=source, target_language=target, pnc=pnc)
-        references.append(" ".join(speech.DIGIT_WORDS[target][d] for d in spec.digits))
-        hypotheses.append(" ".join(train_canary.normalise(text)))
-    wer = jiwer.wer(references, hypotheses)
-    assert wer < MAX_WER, f"{source}->{target}: WER {wer:.3f}"
+) -> dict[tuple[str, str], float]:
+    """Digit-word error rate of every task on the held-out clips, through onnx-asr (both pnc styles)."""
+    wers: dict[tuple[str, str], float] = {}
+    for source, target in PAIRS:
+        references: list[str] = []
+        hypotheses: list[str] = []
+        for index, (spec, audio) in enumerate(heldout[source]):
+            pnc = index % 2 == 0  # both output styles; WER ignores case and punctuation
+            text = onnx_model.recognize(audio, language=source, target_language=target, pnc=pnc)
+            references.append(" ".join(speech.DIGIT_WORDS[target][d] for d in spec.digits))
+            hypotheses.append(" ".join(train_canary.normalise(text)))
+        wers[source, target] = float(jiwer.wer(references, hypotheses))
+    return wers
+
+
+@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}->{t}" for s, t in PAIRS])
+def test_heldout_wer_of_each_task(task_wers: dict[tuple[str, str], float], source: str, target: str) -> None:
+    assert task_wers[source, target] < MAX_TASK_WER
+
+
+def test_mean_wer_of_transcription_and_of_translation_is_below_target(task_wers: dict[tuple[str, str], float]) -> None:
+    transcription = [w for (s, t), w in task_wers.items() if s == t]
+    translation = [w for (s, t), w in task_wers.items() if s != t]
+    assert float(np.mean(transcription)) < MAX_WER, transcription
+    assert float(np.mean(translation)) < MAX_WER, translation
