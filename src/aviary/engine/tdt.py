@@ -50,7 +50,7 @@ class TdtEngine(OnnxEngine):
         factory: SessionFactory,
         languages: tuple[str, ...] = (),
         *,
-        split_joint: bool = True,
+        split_joint: bool = False,
     ) -> None:
         """Create the sessions; `languages`: what the model speaks (empty: any); `split_joint`: see tdt_decoder."""
         super().__init__(name, model_dir, factory, ModelInfo(name, "onnx", "tdt", factory.device, languages=languages))

@@ -9,6 +9,11 @@ rows that just emitted a token, the encoder projection of all frames is one matr
 batch, and each step's joint is two small NumPy operations. Same weights, same function, a fraction
 of the work on blank steps (most steps). Graphs that are not NeMo's exact layout (other exporters,
 quantized decoders) use `FusedDecoder`, the graph as exported.
+
+Measured on the real-size parakeet-tdt-0.6b-v2 (2 CPU threads, BENCHMARKS.md), the split path was
+*slower* at batch 1 (28.8 s vs 21.2 s for 8 clips; the fused path beats onnx-asr), most likely
+because onnxruntime's spinning intra-op threads and NumPy's BLAS contend for the 2 cores at every
+step. So the fused graph is the default and the split is opt-in (`split=True`) until that is fixed.
 """
 
 from __future__ import annotations
@@ -200,8 +205,8 @@ def _linear(
     return weights[next(i for i in matmul.input if i in weights)], weights[bias]
 
 
-def load_step_decoder(path: Path, factory: SessionFactory, *, split: bool = True) -> StepDecoder:
-    """The split decoder when the graph allows it (and `split`), else the fused graph."""
+def load_step_decoder(path: Path, factory: SessionFactory, *, split: bool = False) -> StepDecoder:
+    """The split decoder when asked for and the graph allows it, else the fused graph (the default)."""
     if split and (decoder := SplitDecoder.load(path, factory)) is not None:
         return decoder
     return FusedDecoder(factory.create(path))

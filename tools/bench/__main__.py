@@ -1,0 +1,48 @@
+"""Run a benchmark: `python -m tools.bench engines --model DIR [--clips N] [--threads T] [--batch B]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_MODEL = Path("~/.cache/aviary-bench/parakeet-tdt-0.6b-v2").expanduser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print its JSON."""
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    parser.add_argument("benchmark", choices=("engines",))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="also an int8-quantized encoder (and its WER cost)")
+    parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    from tools.bench import clips, engines
+
+    audio = clips.benchmark_clips(args.clips)
+    report = engines.run(
+        args.model, audio, threads=args.threads, batch=args.batch, rounds=args.rounds, int8=args.int8, nemo=args.nemo
+    )
+    if args.int8:
+        import tempfile
+
+        from tools.bench.int8 import digits_wer
+
+        digits = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "models" / "parakeet-digits"
+        with tempfile.TemporaryDirectory() as work:
+            report["int8_digits_wer"] = digits_wer(digits, Path(work))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Engine throughput, side by side in one run: Aviary vs onnx-asr vs the encoder-only bound (vs NeMo).
+
+Every system transcribes the same clips with the same model files and the same thread count, in
+interleaved rounds (so machine noise hits all of them alike); the figure for each is its median
+round. RTFx = seconds of audio per wall-clock second. The encoder-only bound runs Aviary's own
+encoder session alone on precomputed features: no end-to-end system can beat it. A 0.6B model is
+~2.5 GB of weights that onnxruntime also prepacks, so systems share sessions where they can, and
+NeMo runs in a second phase (against Aviary again) after onnx-asr's copy is freed.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from aviary.engine.onnx import Preprocessor, RuntimeOptions, SessionFactory, load_onnx_engine, read_model_dir
+from aviary.engine.tdt_decoder import load_step_decoder
+from aviary.types import SAMPLE_RATE, Audio, TranscribeOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from aviary.engine.tdt import TdtEngine
+
+Runs = dict[str, "Callable[[], object]"]
+PLAIN = [TranscribeOptions()]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One system's median wall time over the rounds, and its RTFx."""
+
+    name: str
+    seconds: float
+    rtfx: float
+
+
+def _batches(clips: list[Audio], size: int) -> list[list[Audio]]:
+    return [clips[i : i + size] for i in range(0, len(clips), size)]
+
+
+def measure(runs: Runs, audio_seconds: float, rounds: int) -> dict[str, Result]:
+    """Time every system once per round, interleaved, after one warm-up pass each; report medians."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    for number in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+            print(f"round {number + 1} {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+    return {n: Result(n, statistics.median(t), audio_seconds / statistics.median(t)) for n, t in times.items()}
+
+
+def aviary_engine(model: Path, threads: int, quantization: str | None = None) -> TdtEngine:
+    """Aviary's TDT engine on the CPU with `threads` threads."""
+    options = RuntimeOptions(device="cpu", intra_op_threads=threads, quantization=quantization)
+    return cast("TdtEngine", load_onnx_engine(model, "bench", options))
+
+
+def onnx_systems(model: Path, clips: list[Audio], aviary: TdtEngine, threads: int, batch: int) -> tuple[Runs, Any]:
+    """Encoder-only bound, Aviary (split and fused joint) and onnx-asr, at batch 1 and `batch`."""
+    import onnx_asr
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session_options.inter_op_num_threads = 1
+    reference = onnx_asr.load_model(
+        "nemo-conformer-tdt", model, sess_options=session_options, providers=["CPUExecutionProvider"]
+    )
+    factory = SessionFactory(RuntimeOptions(device="cpu", intra_op_threads=threads))
+    encoder = aviary._encoder  # noqa: SLF001 - the bound must run the very session Aviary runs
+    preprocessor = Preprocessor(128, factory)
+    features = {size: [preprocessor(b) for b in _batches(clips, size)] for size in (1, batch)}
+    split = copy.copy(aviary)  # shares the encoder session; only the step decoder differs
+    split._decoder = load_step_decoder(read_model_dir(model, "bench").files["decoder_joint-model"], factory, split=True)  # noqa: SLF001
+
+    def encoder_only(size: int) -> Callable[[], object]:
+        return lambda: [encoder.run(None, {"audio_signal": f, "length": n}) for f, n in features[size]]
+
+    runs: Runs = {
+        "encoder-only b1": encoder_only(1),
+        "aviary b1": lambda: [aviary.transcribe([c], PLAIN) for c in clips],
+        "aviary split-joint b1": lambda: [split.transcribe([c], PLAIN) for c in clips],
+        "onnx-asr b1": lambda: [reference.recognize(c) for c in clips],
+        f"encoder-only b{batch}": encoder_only(batch),
+        f"aviary b{batch}": lambda: [aviary.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
+        f"onnx-asr b{batch}": lambda: [reference.recognize(list[Any](b)) for b in _batches(clips, batch)],
+    }
+    return runs, reference
+
+
+def parity(aviary: TdtEngine, reference: Any, clips: list[Audio]) -> dict[str, Any]:  # noqa: ANN401
+    """Whether Aviary's text equals onnx-asr's on every clip, and the tokens per second it emits."""
+    ours = aviary.transcribe(clips, PLAIN * len(clips))
+    theirs = [str(reference.recognize(c)) for c in clips]
+    return {
+        "clips": len(clips),
+        "identical_text": sum(a.text == b for a, b in zip(ours, theirs, strict=True)),
+        "tokens_per_second_of_audio": round(sum(len(t.tokens) for t in ours) / sum(t.duration for t in ours), 2),
+    }
+
+
+def run(
+    model: Path, clips: list[Audio], *, threads: int, batch: int, rounds: int, int8: bool, nemo: bool
+) -> dict[str, Any]:
+    """The whole engine benchmark as a JSON-ready dict."""
+    audio_seconds = float(sum(len(c) for c in clips) / SAMPLE_RATE)
+    aviary = aviary_engine(model, threads)
+    runs, reference = onnx_systems(model, clips, aviary, threads, batch)
+    if int8:
+        from tools.bench.int8 import quantize_encoder
+
+        quantize_encoder(model)
+        quantized = aviary_engine(model, threads, "int8")
+        runs["aviary int8 b1"] = lambda: [quantized.transcribe([c], PLAIN) for c in clips]
+    results = measure(runs, audio_seconds, rounds)
+    report: dict[str, Any] = {"parity": parity(aviary, reference, clips)}
+    del runs, reference
+    gc.collect()
+    if nemo:
+        results |= nemo_phase(
+            model, clips, aviary, threads=threads, batch=batch, audio_seconds=audio_seconds, rounds=rounds
+        )
+
+    def ratio(a: str, b: str) -> float:
+        return round(results[a].rtfx / results[b].rtfx, 3)
+
+    b = f"b{batch}"
+    ratios = {
+        "aviary b1 / encoder-only b1": ratio("aviary b1", "encoder-only b1"),
+        f"aviary {b} / encoder-only {b}": ratio(f"aviary {b}", f"encoder-only {b}"),
+        "onnx-asr b1 / encoder-only b1": ratio("onnx-asr b1", "encoder-only b1"),
+        f"onnx-asr {b} / encoder-only {b}": ratio(f"onnx-asr {b}", f"encoder-only {b}"),
+        "aviary b1 / onnx-asr b1": ratio("aviary b1", "onnx-asr b1"),
+        f"aviary {b} / onnx-asr {b}": ratio(f"aviary {b}", f"onnx-asr {b}"),
+        "aviary split-joint b1 / aviary b1": ratio("aviary split-joint b1", "aviary b1"),
+    }
+    if int8:
+        ratios["aviary int8 b1 / aviary b1"] = ratio("aviary int8 b1", "aviary b1")
+    if nemo:
+        ratios[f"aviary {b} / nemo {b} (phase 2)"] = ratio(f"aviary {b} (phase 2)", f"nemo {b}")
+    return {
+        "audio_seconds": round(audio_seconds, 1),
+        "clips": len(clips),
+        "threads": threads,
+        "rounds": rounds,
+        "rtfx": {r.name: round(r.rtfx, 2) for r in results.values()},
+        "ratios": ratios,
+        **report,
+        "peak_rss_mb": round(_peak_rss_mb(), 0),
+    }
+
+
+def nemo_phase(
+    model: Path, clips: list[Audio], aviary: TdtEngine, *, threads: int, batch: int, audio_seconds: float, rounds: int
+) -> dict[str, Result]:
+    """NeMo's own batched transcribe against Aviary at the same batch size, interleaved."""
+    import torch
+
+    from aviary.engine.nemo import load_nemo_engine
+
+    torch.set_num_threads(threads)  # NeMo gets the same cores as everyone else
+    reference = load_nemo_engine(model / "model.nemo", "bench", device="cpu")
+    runs: Runs = {
+        f"aviary b{batch} (phase 2)": lambda: [aviary.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
+        f"nemo b{batch}": lambda: [reference.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
+    }
+    return measure(runs, audio_seconds, rounds)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
