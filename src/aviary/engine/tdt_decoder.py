@@ -11,9 +11,11 @@ of the work on blank steps (most steps). Graphs that are not NeMo's exact layout
 quantized decoders) use `FusedDecoder`, the graph as exported.
 
 Measured on the real-size parakeet-tdt-0.6b-v2 (2 CPU threads, BENCHMARKS.md), the split path was
-*slower* at batch 1 (28.8 s vs 21.2 s for 8 clips; the fused path beats onnx-asr), most likely
-because onnxruntime's spinning intra-op threads and NumPy's BLAS contend for the 2 cores at every
-step. So the fused graph is the default and the split is opt-in (`split=True`) until that is fixed.
+*slower* at batch 1 (28.8 s vs 21.2 s for 8 clips end to end). Decoding alone, 3 clips: fused 1.0 s,
+split 3.4 s, split with the prediction session's thread spinning off 1.1 s: onnxruntime's spinning
+intra-op threads fight NumPy's BLAS for the 2 cores at every step, and without that fight the split
+only matches the fused graph (per-step overhead, not the LSTM, dominates). So the fused graph is
+the default and the split is opt-in (`split=True`).
 """
 
 from __future__ import annotations
