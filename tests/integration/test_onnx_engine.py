@@ -9,11 +9,12 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 import pytest
 
 from aviary.engine.onnx import RuntimeOptions, SessionFactory, load_onnx_engine, read_model_dir
 from aviary.engine.tdt import TdtEngine
-from aviary.engine.tdt_decoder import FusedDecoder, SplitDecoder, load_step_decoder
+from aviary.engine.tdt_decoder import FusedDecoder, NumpyDecoder, load_step_decoder
 from aviary.errors import InvalidModelError, ModelNotFoundError, UnsupportedLanguageError, UnsupportedTaskError
 from aviary.types import TranscribeOptions
 from tests.support.fixtures import FRAME_SECONDS, MODELS, PARAKEETS, canary_options, clip, golden
@@ -181,23 +182,34 @@ def test_cuda_request_without_cuda_falls_back_to_cpu_once(caplog: pytest.LogCapt
 
 
 @pytest.mark.parametrize("name", PARAKEETS)
-def test_split_joint_is_used_and_computes_what_the_fused_graph_does(name: str) -> None:
+def test_numpy_decoder_is_used_and_computes_what_the_graph_does(name: str) -> None:
     factory = SessionFactory(CPU)
-    assert SplitDecoder.load(MODELS / name / "decoder_joint-model.onnx", factory) is not None
-    fused = engine(name)
-    split = TdtEngine(name, read_model_dir(MODELS / name, name), factory, split_joint=True)
+    path = MODELS / name / "decoder_joint-model.onnx"
+    assert isinstance(load_step_decoder(path, factory), NumpyDecoder)
+    ours = engine(name)
+    graph = TdtEngine(name, read_model_dir(MODELS / name, name), factory, numpy_decoder=False)
     clips = [clip(c["clip"]) for c in golden(name)["cases"]]
     options = [TranscribeOptions()] * len(clips)
-    for ours, theirs in zip(split.transcribe(clips, options), fused.transcribe(clips, options), strict=True):
-        assert ours.tokens == theirs.tokens
-        assert [(w.word, w.start, w.end) for w in ours.words] == [(w.word, w.start, w.end) for w in theirs.words]
-        assert [w.confidence for w in ours.words] == pytest.approx([w.confidence for w in theirs.words], abs=1e-4)
+    for a, b in zip(ours.transcribe(clips, options), graph.transcribe(clips, options), strict=True):
+        assert a.tokens == b.tokens
+        assert [(w.word, w.start, w.end) for w in a.words] == [(w.word, w.start, w.end) for w in b.words]
+        assert [w.confidence for w in a.words] == pytest.approx([w.confidence for w in b.words], abs=1e-4)
 
 
-def test_a_graph_that_is_not_nemos_joint_is_run_fused() -> None:
-    # The encoder graph has none of the joint's structure: the split must decline, not guess.
-    assert SplitDecoder.load(MODELS / "parakeet-tdt-tiny" / "encoder-model.onnx", SessionFactory(CPU)) is None
-    decoder = load_step_decoder(
-        MODELS / "parakeet-tdt-tiny" / "decoder_joint-model.onnx", SessionFactory(CPU), split=False
-    )
-    assert isinstance(decoder, FusedDecoder)
+def test_a_graph_that_is_not_nemos_joint_is_run_as_exported(tmp_path: Path) -> None:
+    # The encoder graph has none of the joint's structure: NumPy must decline, not guess.
+    assert NumpyDecoder.load(MODELS / "parakeet-tdt-tiny" / "encoder-model.onnx") is None
+    path = MODELS / "parakeet-tdt-tiny" / "decoder_joint-model.onnx"
+    assert isinstance(load_step_decoder(path, SessionFactory(CPU), numpy=False), FusedDecoder)
+    # A joint that subtracts the projections instead of adding them: every weight where NeMo's are, another
+    # function. The load-time check (NumPy against onnxruntime on random inputs) must catch what the
+    # pattern match alone would not.
+    model = onnx.load(str(path))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    combine = next(n for n in model.graph.node if relu.input[0] in n.output)
+    assert combine.op_type == "Add"
+    combine.op_type = "Sub"
+    changed = tmp_path / "decoder_joint-model.onnx"
+    onnx.save(model, str(changed))
+    assert NumpyDecoder.load(changed) is None
+    assert isinstance(load_step_decoder(changed, SessionFactory(CPU)), FusedDecoder)

@@ -1,4 +1,4 @@
-"""Run a benchmark: `python -m tools.bench engines --model DIR [--clips N] [--threads T] [--batch B]`."""
+"""Run a benchmark: `python -m tools.bench engines|cuda|clips [options]` (`--help` lists them)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ DEFAULT_MODEL = Path("~/.cache/aviary-bench/parakeet-tdt-0.6b-v2").expanduser()
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
-    parser.add_argument("benchmark", choices=("engines",))
+    parser.add_argument(
+        "benchmark",
+        choices=("engines", "cuda", "clips"),
+        help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out",
+    )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -20,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--int8", action="store_true", help="also an int8-quantized encoder (and its WER cost)")
     parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
 
-    from tools.bench import clips, engines
+    from tools.bench import clips, cuda, engines
 
+    if args.benchmark == "clips":
+        cuda.save_clips(args.clips, args.out)
+        return 0
+    if args.benchmark == "cuda":
+        return _emit(cuda.run(args.audio, args.batch, args.rounds), args.out)
     audio = clips.benchmark_clips(args.clips)
     report = engines.run(
         args.model, audio, threads=args.threads, batch=args.batch, rounds=args.rounds, int8=args.int8, nemo=args.nemo
@@ -37,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         digits = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "models" / "parakeet-digits"
         with tempfile.TemporaryDirectory() as work:
             report["int8_digits_wer"] = digits_wer(digits, Path(work))
+    return _emit(report, args.out)
+
+
+def _emit(report: dict[str, object], out: Path | None) -> int:
     text = json.dumps(report, indent=1)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
     return 0
 
 

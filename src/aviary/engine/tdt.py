@@ -50,12 +50,12 @@ class TdtEngine(OnnxEngine):
         factory: SessionFactory,
         languages: tuple[str, ...] = (),
         *,
-        split_joint: bool = False,
+        numpy_decoder: bool = True,
     ) -> None:
-        """Create the sessions; `languages`: what the model speaks (empty: any); `split_joint`: see tdt_decoder."""
+        """Create the sessions; `languages`: what the model speaks (empty: any); `numpy_decoder`: see tdt_decoder."""
         super().__init__(name, model_dir, factory, ModelInfo(name, "onnx", "tdt", factory.device, languages=languages))
         self._encoder = factory.create(model_dir.files["encoder-model"])
-        self._decoder = load_step_decoder(model_dir.files["decoder_joint-model"], factory, split=split_joint)
+        self._decoder = load_step_decoder(model_dir.files["decoder_joint-model"], factory, numpy=numpy_decoder)
         self._vocab = model_dir.vocab
         self._blank = next((i for i, p in self._vocab.items() if p == "<blk>"), len(self._vocab) - 1)
         self._n_classes = max(self._vocab) + 1  # vocabulary plus blank; durations follow in the joint output
@@ -141,6 +141,8 @@ class TdtEngine(OnnxEngine):
 
 def _probability(logits: npt.NDArray[np.float32], chosen: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     """Softmax probability of each row's chosen class."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
-    return np.take_along_axis(probs, chosen[:, None], axis=-1)[:, 0].astype(np.float32)
+    top = logits.max(axis=-1)
+    total = np.exp(logits - top[:, None]).sum(axis=-1)
+    chosen_logits: npt.NDArray[np.float32] = logits[np.arange(len(chosen)), chosen]
+    probability: npt.NDArray[np.float32] = (np.exp(chosen_logits - top) / total).astype(np.float32)
+    return probability

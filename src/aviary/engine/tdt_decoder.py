@@ -1,25 +1,25 @@
-"""The two ways to score TDT decoding steps: NeMo's fused decoder+joint graph, or the graph split in two.
+"""The two ways to score TDT decoding steps: NeMo's decoder+joint graph in onnxruntime, or in NumPy.
 
-NeMo exports the prediction network (embedding + LSTM) and the joint (encoder and prediction
-projections, ReLU, output layer) as one `decoder_joint` graph, and onnx-asr runs all of it at every
-step, blank or not. But the prediction network only changes when a token is emitted, and the
-joint's encoder projection is the same matrix for every frame. `SplitDecoder` therefore cuts NeMo's
-graph at the prediction projection's output: the prediction network runs in onnxruntime only for
-rows that just emitted a token, the encoder projection of all frames is one matrix product per
-batch, and each step's joint is two small NumPy operations. Same weights, same function, a fraction
-of the work on blank steps (most steps). Graphs that are not NeMo's exact layout (other exporters,
-quantized decoders) use `FusedDecoder`, the graph as exported.
+NeMo exports the prediction network (embedding + LSTM layers + projection) and the joint (encoder
+projection, ReLU, output layer) as one `decoder_joint` graph, and onnx-asr runs all of it at every
+step. `NumpyDecoder` reads that graph's weights and computes the same function in NumPy, with two
+cuts of work: the prediction network runs only for rows that just emitted a token (a blank does
+not change its state), and the encoder projection of every frame is one matrix product per batch.
 
-Measured on the real-size parakeet-tdt-0.6b-v2 (2 CPU threads, BENCHMARKS.md), the split path was
-*slower* at batch 1 (28.8 s vs 21.2 s for 8 clips end to end). Decoding alone, 3 clips: fused 1.0 s,
-split 3.4 s, split with the prediction session's thread spinning off 1.1 s: onnxruntime's spinning
-intra-op threads fight NumPy's BLAS for the 2 cores at every step, and without that fight the split
-only matches the fused graph (per-step overhead, not the LSTM, dominates). So the fused graph is
-the default and the split is opt-in (`split=True`).
+Why our own code here: greedy decoding at batch 1 is a chain of matrix-vector products, bound by
+reading the weights (the real-size parakeet's LSTM is 26 MB). Measured on 2 CPU cores, real-size
+parakeet-tdt-0.6b-v2, one step at batch 1: onnxruntime's fused graph 1.03 ms, its LSTM alone
+0.79 ms (with 2 threads; 1.5 ms with one); NumPy's BLAS does the LSTM's products in 0.29 ms and a
+whole emitting step in about 0.35 ms. onnxruntime is the bottleneck there, so the prediction network
+and joint are ours, checked at load time against the graph itself (`_Network.read` runs both on
+random inputs and declines on any difference). Graphs of another layout (other exporters, quantized
+decoders) and CUDA sessions use `FusedDecoder`, the graph as exported.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -35,7 +35,11 @@ if TYPE_CHECKING:
 
     from aviary.engine.onnx import SessionFactory
 
-PRED_OUTPUT = "/joint/pred/Add_output_0"  # the prediction projection's output in NeMo's export
+logger = logging.getLogger(__name__)
+
+ENC_OUTPUT = "/joint/enc/Add_output_0"  # the joint's encoder projection in NeMo's export
+PRED_OUTPUT = "/joint/pred/Add_output_0"  # the prediction projection's output
+LSTM_DEFAULTS = {"direction": b"forward", "input_forget": 0, "layout": 0}
 
 
 class StepDecoder(Protocol):
@@ -52,33 +56,9 @@ class StepDecoder(Protocol):
         """The rows of the last `scores` call selected by `spoken` emitted `tokens`: advance their state."""
 
 
-class _States:
-    """The LSTM states of every row of a batch, and the rows of the last scoring call."""
-
-    def __init__(self, shapes: tuple[list[int], list[int]], batch: int) -> None:
-        self.h = np.zeros((shapes[0][0], batch, shapes[0][2]), dtype=np.float32)
-        self.c = np.zeros((shapes[1][0], batch, shapes[1][2]), dtype=np.float32)
-        self.rows: npt.NDArray[np.int64] = np.arange(batch)
-
-
 def _state_shapes(session: ort.InferenceSession) -> tuple[list[int], list[int]]:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     return shapes["input_states_1"], shapes["input_states_2"]
-
-
-def _prediction(
-    session: ort.InferenceSession, tokens: npt.NDArray[np.int64], h: npt.NDArray[np.float32], c: npt.NDArray[np.float32]
-) -> list[npt.NDArray[np.float32]]:
-    """Run a graph that takes (targets, states) and return its float outputs in order."""
-    feeds: dict[str, object] = {
-        "targets": tokens.astype(np.int32)[:, None],
-        "target_length": np.ones(len(tokens), dtype=np.int32),
-        "input_states_1": h,
-        "input_states_2": c,
-    }
-    names = {i.name for i in session.get_inputs()}
-    outputs = session.run(None, {k: v for k, v in feeds.items() if k in names})
-    return [check_float32(o) for o in outputs if isinstance(o, np.ndarray) and o.dtype == np.float32]
 
 
 class FusedDecoder:
@@ -89,15 +69,20 @@ class FusedDecoder:
         self._session = session
         self._shapes = _state_shapes(session)
         self._encoded = np.zeros((0, 0, 0), dtype=np.float32)
-        self._states = _States(self._shapes, 0)
+        self._h = np.zeros((0, 0, 0), dtype=np.float32)
+        self._c = np.zeros((0, 0, 0), dtype=np.float32)
+        self._rows: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._last = np.zeros(0, dtype=np.int64)
         self._pending: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
 
     def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
         """Begin a batch."""
+        batch = encoded.shape[0]
         self._encoded = encoded
-        self._states = _States(self._shapes, encoded.shape[0])
-        self._last = np.full(encoded.shape[0], blank, dtype=np.int64)
+        self._h = np.zeros((self._shapes[0][0], batch, self._shapes[0][2]), dtype=np.float32)
+        self._c = np.zeros((self._shapes[1][0], batch, self._shapes[1][2]), dtype=np.float32)
+        self._last = np.full(batch, blank, dtype=np.int64)
+        self._pending = None
 
     def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Run the whole graph for `rows`, keeping the would-be states until `emit`."""
@@ -107,96 +92,184 @@ class FusedDecoder:
                 "encoder_outputs": self._encoded[rows, times][:, :, None],
                 "targets": self._last[rows].astype(np.int32)[:, None],
                 "target_length": np.ones(len(rows), dtype=np.int32),
-                "input_states_1": self._states.h[:, rows],
-                "input_states_2": self._states.c[:, rows],
+                "input_states_1": self._h[:, rows],
+                "input_states_2": self._c[:, rows],
             },
         )
-        self._states.rows, self._pending = rows, (check_float32(h), check_float32(c))
-        logits = check_float32(outputs)
-        return logits.reshape(len(rows), -1)
+        self._rows, self._pending = rows, (check_float32(h), check_float32(c))
+        return check_float32(outputs).reshape(len(rows), -1)
 
     def emit(self, spoken: npt.NDArray[np.bool_], tokens: npt.NDArray[np.int64]) -> None:
         """Commit the states computed in `scores` for the rows that emitted."""
         if self._pending is None:
             return
-        rows = self._states.rows[spoken]
-        self._states.h[:, rows], self._states.c[:, rows] = self._pending[0][:, spoken], self._pending[1][:, spoken]
+        rows = self._rows[spoken]
+        self._h[:, rows], self._c[:, rows] = self._pending[0][:, spoken], self._pending[1][:, spoken]
         self._last[rows] = tokens
 
 
-class SplitDecoder:
-    """NeMo's `decoder_joint` cut in two: prediction network in onnxruntime, joint in NumPy."""
+Linear = tuple["npt.NDArray[np.float32]", "npt.NDArray[np.float32]"]
+"""(weight [in, out], bias [out]) of `x @ weight + bias`."""
 
-    def __init__(
-        self,
-        prediction: ort.InferenceSession,
-        enc: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
-        out: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
-    ) -> None:
-        """The prediction sub-graph, and the joint's (weight, bias) of the encoder and output layers."""
-        self._prediction = prediction
-        self._shapes = _state_shapes(prediction)
-        self._enc, self._out = enc, out
-        self._projected = np.zeros((0, 0, 0), dtype=np.float32)
-        self._pred = np.zeros((0, 0), dtype=np.float32)
-        self._states = _States(self._shapes, 0)
+
+@dataclass(frozen=True)
+class _Network:
+    """The weights of NeMo's prediction network and joint, as NumPy computes them."""
+
+    table: npt.NDArray[np.float32]
+    """The first LSTM layer's input gates for every token: embedding @ W + biases, one row per token."""
+    recurrent: npt.NDArray[np.float32]
+    """The first layer's hidden -> gates matrix."""
+    layers: tuple[Linear, ...]
+    """Per further LSTM layer: ([input; hidden] -> gates i, o, f, c in ONNX's order, summed biases)."""
+    pred: Linear
+    enc: Linear
+    out: Linear
+
+    @property
+    def hidden(self) -> int:
+        """LSTM state size."""
+        return int(self.recurrent.shape[0])
+
+    @property
+    def depth(self) -> int:
+        """LSTM layers."""
+        return len(self.layers) + 1
 
     @classmethod
-    def load(cls, path: Path, factory: SessionFactory) -> SplitDecoder | None:
-        """Split the graph at `path`, or None when it is not NeMo's fused decoder+joint layout."""
+    def read(cls, path: Path) -> _Network | None:
+        """The weights of the graph at `path` when it is NeMo's layout and NumPy reproduces it, else None."""
         import onnx
+        from google.protobuf.message import DecodeError
         from onnx import numpy_helper
 
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # the extractor needs inner shapes
-        weights = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in model.graph.initializer}
+        try:
+            model = onnx.load(str(path))
+        except (OSError, DecodeError):
+            return None
+        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         for node in model.graph.node:  # the exporter turns equal weights into Identity nodes of one initializer
             if node.op_type == "Identity" and node.input[0] in weights:
                 weights[node.output[0]] = weights[node.input[0]]
+        if any(w.dtype != np.float32 for w in weights.values() if w.dtype.kind == "f"):
+            return None
         producers = {out: node for node in model.graph.node for out in node.output}
         try:
-            enc = _linear(producers["/joint/enc/Add_output_0"], producers, weights)
+            embedding = next(
+                weights[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in weights
+            )
+            (first, first_bias), *layers = (_lstm(n, weights) for n in model.graph.node if n.op_type == "LSTM")
             out_add = producers["outputs"]
-            out = _linear(out_add, producers, weights)
             out_matmul = producers[next(i for i in out_add.input if i not in weights)]
-            activation = producers[next(i for i in out_matmul.input if i not in weights)]
-            if activation.op_type != "Relu" or PRED_OUTPUT not in producers:
+            if producers[next(i for i in out_matmul.input if i not in weights)].op_type != "Relu":
                 return None
-            sub = onnx.utils.Extractor(model).extract_model(
-                ["targets", "input_states_1", "input_states_2"], [PRED_OUTPUT, "output_states_1", "output_states_2"]
+            size = embedding.shape[1]
+            network = cls(
+                # The first layer's input is one of the vocabulary's embeddings: precompute its products.
+                table=embedding @ first[:size] + first_bias,
+                recurrent=np.ascontiguousarray(first[size:]),
+                layers=tuple(layers),
+                pred=_linear(producers[PRED_OUTPUT], producers, weights),
+                enc=_linear(producers[ENC_OUTPUT], producers, weights),
+                out=_linear(out_add, producers, weights),
             )
         except (KeyError, StopIteration, ValueError):
             return None
-        return cls(factory.create(sub.SerializeToString(), cpu_only=True), enc, out)
+        return network if network.reproduces(model) else None
 
-    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
-        """Project every frame once, and run the prediction network on the start (blank) token."""
-        self._projected = encoded @ self._enc[0] + self._enc[1]
-        self._states = _States(self._shapes, encoded.shape[0])
-        pred, h, c = _prediction(
-            self._prediction, np.full(encoded.shape[0], blank, dtype=np.int64), self._states.h, self._states.c
+    def reproduces(self, model: onnx.ModelProto, batch: int = 3) -> bool:
+        """Whether NumPy's outputs equal onnxruntime's for the graph on random inputs (float tolerance)."""
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        h = rng.standard_normal((self.depth, batch, self.hidden)).astype(np.float32)
+        c = rng.standard_normal(h.shape).astype(np.float32)
+        frames = rng.standard_normal((batch, self.enc[0].shape[0])).astype(np.float32)
+        tokens = rng.integers(0, len(self.table), batch)
+        try:
+            logits, _, h_out, c_out = session.run(
+                ["outputs", "prednet_lengths", "output_states_1", "output_states_2"],
+                {
+                    "encoder_outputs": frames[:, :, None],
+                    "targets": tokens.astype(np.int32)[:, None],
+                    "target_length": np.ones(batch, dtype=np.int32),
+                    "input_states_1": h,
+                    "input_states_2": c,
+                },
+            )
+        except Exception:  # noqa: BLE001 - a graph that does not take NeMo's inputs is simply not NeMo's layout
+            return False
+        pred, h_ours, c_ours = self.predict(tokens, h, c)
+        ours = self.joint(frames @ self.enc[0] + self.enc[1], pred)
+        expected = np.asarray(logits).reshape(batch, -1)
+        return (
+            ours.shape == expected.shape
+            and np.allclose(ours, expected, rtol=1e-4, atol=1e-4)
+            and np.allclose(h_ours, h_out, rtol=1e-4, atol=1e-5)
+            and np.allclose(c_ours, c_out, rtol=1e-4, atol=1e-5)
         )
-        self._pred = pred.reshape(encoded.shape[0], -1)
-        self._states.h, self._states.c = h, c
 
-    def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The joint for `rows` at `times`: ReLU(encoder projection + prediction projection) @ output layer."""
-        self._states.rows = rows
-        hidden = np.maximum(self._projected[rows, times] + self._pred[rows], 0.0)
-        return check_float32(hidden @ self._out[0] + self._out[1])
+    def predict(
+        self, tokens: npt.NDArray[np.int64], h: npt.NDArray[np.float32], c: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One prediction-network step: (prediction projection, new h, new c) for `tokens` from states h, c."""
+        h_new, c_new = np.empty_like(h), np.empty_like(c)
+        gates = h[0] @ self.recurrent
+        gates += self.table[tokens]
+        x = self._cell(gates, c[0], h_new[0], c_new[0])
+        for layer, (weight, bias) in enumerate(self.layers, start=1):
+            gates = np.concatenate((x, h[layer]), axis=1) @ weight
+            gates += bias
+            x = self._cell(gates, c[layer], h_new[layer], c_new[layer])
+        pred = x @ self.pred[0]
+        pred += self.pred[1]
+        return pred, h_new, c_new
 
-    def emit(self, spoken: npt.NDArray[np.bool_], tokens: npt.NDArray[np.int64]) -> None:
-        """Run the prediction network for the rows that emitted, from their states."""
-        rows = self._states.rows[spoken]
-        if not rows.size:
-            return
-        pred, h, c = _prediction(self._prediction, tokens, self._states.h[:, rows], self._states.c[:, rows])
-        self._pred[rows] = pred.reshape(len(rows), -1)
-        self._states.h[:, rows], self._states.c[:, rows] = h, c
+    def _cell(
+        self,
+        gates: npt.NDArray[np.float32],
+        c: npt.NDArray[np.float32],
+        h_out: npt.NDArray[np.float32],
+        c_out: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
+        """ONNX's LSTM cell from its gates (input, output, forget, cell): writes the new states, returns h."""
+        size = self.hidden
+        sig = 1.0 / (1.0 + np.exp(-gates[:, : 3 * size]))
+        np.multiply(sig[:, 2 * size :], c, out=c_out)
+        c_out += sig[:, :size] * np.tanh(gates[:, 3 * size :])
+        np.multiply(sig[:, size : 2 * size], np.tanh(c_out), out=h_out)
+        return h_out
+
+    def joint(self, projected: npt.NDArray[np.float32], pred: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Joint outputs from projected encoder frames and prediction projections (row by row)."""
+        hidden = projected + pred
+        np.maximum(hidden, 0.0, out=hidden)
+        logits = hidden @ self.out[0]
+        logits += self.out[1]
+        return check_float32(logits)
+
+
+def _lstm(node: onnx.NodeProto, weights: dict[str, npt.NDArray[np.float32]]) -> Linear:
+    """A one-direction ONNX LSTM with default activations as one matrix over [input; hidden]."""
+    from onnx import helper
+
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    extra = set(attributes) - {"hidden_size", *LSTM_DEFAULTS}
+    if extra or any(attributes.get(k, v) != v for k, v in LSTM_DEFAULTS.items()):
+        raise ValueError(node.name)
+    inputs = [*node.input, *[""] * (8 - len(node.input))]
+    if inputs[4] or inputs[7]:  # sequence lengths, peepholes
+        raise ValueError(node.name)
+    w, r = weights[inputs[1]][0], weights[inputs[2]][0]
+    bias = weights[inputs[3]][0] if inputs[3] else np.zeros(2 * w.shape[0], dtype=np.float32)
+    combined = np.ascontiguousarray(np.concatenate((w, r), axis=1).T)
+    return combined, (bias[: w.shape[0]] + bias[w.shape[0] :]).astype(np.float32)
 
 
 def _linear(
     add: onnx.NodeProto, producers: dict[str, onnx.NodeProto], weights: dict[str, npt.NDArray[np.float32]]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+) -> Linear:
     """(weight, bias) of a `MatMul -> Add` pair ending at `add`; KeyError/StopIteration when it is not one."""
     if add.op_type != "Add":
         raise KeyError(add.name)
@@ -204,11 +277,54 @@ def _linear(
     matmul = producers[next(i for i in add.input if i not in weights)]
     if matmul.op_type != "MatMul":
         raise KeyError(matmul.name)
-    return weights[next(i for i in matmul.input if i in weights)], weights[bias]
+    return np.ascontiguousarray(weights[next(i for i in matmul.input if i in weights)]), weights[bias]
 
 
-def load_step_decoder(path: Path, factory: SessionFactory, *, split: bool = False) -> StepDecoder:
-    """The split decoder when asked for and the graph allows it, else the fused graph (the default)."""
-    if split and (decoder := SplitDecoder.load(path, factory)) is not None:
-        return decoder
+class NumpyDecoder:
+    """NeMo's `decoder_joint` in NumPy: the LSTM only on emission, the encoder projection once per batch."""
+
+    def __init__(self, network: _Network) -> None:
+        """Wrap weights read (and checked) by `_Network.read`."""
+        self._net = network
+        self._projected = np.zeros((0, 0, 0), dtype=np.float32)
+        self._pred = np.zeros((0, 0), dtype=np.float32)
+        self._h = np.zeros((0, 0, 0), dtype=np.float32)
+        self._c = np.zeros((0, 0, 0), dtype=np.float32)
+        self._rows: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def load(cls, path: Path) -> NumpyDecoder | None:
+        """The decoder for the graph at `path`, or None when NumPy does not reproduce that graph."""
+        network = _Network.read(path)
+        return cls(network) if network is not None else None
+
+    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
+        """Project every frame once, and run the prediction network on the start (blank) token."""
+        batch = encoded.shape[0]
+        self._projected = encoded @ self._net.enc[0] + self._net.enc[1]
+        zeros = np.zeros((self._net.depth, batch, self._net.hidden), dtype=np.float32)
+        self._pred, self._h, self._c = self._net.predict(np.full(batch, blank, dtype=np.int64), zeros, zeros)
+        self._rows = np.arange(batch)
+
+    def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The joint for `rows` at frames `times`."""
+        self._rows = rows
+        return self._net.joint(self._projected[rows, times], self._pred[rows])
+
+    def emit(self, spoken: npt.NDArray[np.bool_], tokens: npt.NDArray[np.int64]) -> None:
+        """Run the prediction network for the rows that emitted, from their states."""
+        rows = self._rows[spoken]
+        if rows.size:
+            self._pred[rows], self._h[:, rows], self._c[:, rows] = self._net.predict(
+                tokens, self._h[:, rows], self._c[:, rows]
+            )
+
+
+def load_step_decoder(path: Path, factory: SessionFactory, *, numpy: bool = True) -> StepDecoder:
+    """NumPy's decoder on the CPU when the graph allows it (the default), else the graph in onnxruntime."""
+    if numpy and factory.device == "cpu":
+        decoder = NumpyDecoder.load(path)
+        if decoder is not None:
+            return decoder
+        logger.info("%s is not NeMo's decoder+joint layout; running it as exported", path.name)
     return FusedDecoder(factory.create(path))
