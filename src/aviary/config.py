@@ -7,10 +7,13 @@ factory and passed down. Tests pass values directly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from aviary.audio import AudioLimits, IsolatedDecoder
 
 DEFAULT_ALIASES = {"parakeet": "parakeet-tdt-0.6b-v2", "canary": "canary-1b-v2"}
 
@@ -32,6 +35,35 @@ class Settings(BaseSettings):
     )
     offline: bool = Field(default=False, description="Never download; only use models already cached or on disk.")
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache directory (default: HF_HOME's).")
+    max_audio_seconds: float = Field(default=36_000.0, gt=0, description="Longest audio accepted (10 h).")
+    max_upload_bytes: int = Field(default=1 << 30, gt=0, description="Largest upload or input file (1 GiB).")
+    max_decoded_samples: int = Field(
+        default=36_000 * 48_000 * 2,
+        gt=0,
+        description="Most samples decoded per input before resampling, all channels (10 h of 48 kHz stereo).",
+    )
+    decode_timeout: float = Field(default=600.0, gt=0, description="Seconds a decoder may work on one input.")
+    decoder_processes: int = Field(default=2, ge=1, description="Idle decoder processes kept ready.")
+    decoder_memory_mb: int | None = Field(
+        default=None, gt=0, description="Address-space limit per decoder process (default: 1 GiB + 2x the upload cap)."
+    )
+
+    def audio_limits(self) -> AudioLimits:
+        """The decoding caps these settings give."""
+        from aviary.audio import AudioLimits
+
+        return AudioLimits(
+            max_seconds=self.max_audio_seconds,
+            max_bytes=self.max_upload_bytes,
+            max_input_samples=self.max_decoded_samples,
+            timeout_seconds=self.decode_timeout,
+        )
+
+    def audio_decoder(self) -> IsolatedDecoder:
+        """A decoder in child processes with these settings' caps (the caller closes it)."""
+        from aviary.audio import IsolatedDecoder
+
+        return IsolatedDecoder(self.audio_limits(), idle=self.decoder_processes, memory_mb=self.decoder_memory_mb)
 
     @field_validator("aliases", mode="after")
     @classmethod

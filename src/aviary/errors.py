@@ -12,10 +12,16 @@ AviaryError
 │   └── InvalidOptionError        invalid_option
 ├── AudioError                                         (also ValueError: the input media is unusable)
 │   ├── EmptyFileError            empty_file
-│   ├── UnsupportedMediaError     unsupported_media
-│   ├── InvalidAudioError         invalid_audio
+│   ├── UnsupportedMediaError     unsupported_media    (not media; a container outside the whitelist)
+│   │   ├── UnsupportedCodecError       unsupported_media
+│   │   ├── UnsupportedSampleRateError  unsupported_media
+│   │   └── UnsupportedChannelsError    unsupported_media
+│   ├── InvalidAudioError         invalid_audio        (corrupt or truncated)
 │   │   ├── NoAudioStreamError    invalid_audio        (media without an audio stream)
-│   │   └── NoSamplesError        invalid_audio        (an audio stream that decodes to nothing)
+│   │   ├── NoSamplesError        invalid_audio        (an audio stream that decodes to nothing)
+│   │   ├── TruncatedAudioError   invalid_audio        (ends well before its declared length)
+│   │   ├── DecoderFailedError    invalid_audio        (the decoder process died on it)
+│   │   └── DecoderMemoryError    invalid_audio        (decoding needed more memory than allowed)
 │   ├── AudioTooLongError         audio_too_long
 │   ├── PayloadTooLargeError      payload_too_large
 │   └── DecodeTimeoutError        decode_timeout       (also TimeoutError)
@@ -122,6 +128,19 @@ class AudioError(AviaryError, ValueError):
 
     code = "invalid_audio"
 
+    @classmethod
+    def rebuild(cls, kind: str, message: str) -> AudioError:
+        """The error of class name `kind` with `message` (how a decoder process's error crosses back)."""
+        kinds = {cls.__name__: cls}
+        pending = [cls]
+        while pending:
+            for sub in pending.pop().__subclasses__():
+                kinds[sub.__name__] = sub
+                pending.append(sub)
+        error = Exception.__new__(kinds.get(kind, InvalidAudioError))
+        Exception.__init__(error, message)
+        return error
+
 
 class EmptyFileError(AudioError):
     """The upload holds no bytes."""
@@ -138,9 +157,33 @@ class UnsupportedMediaError(AudioError):
 
     code = "unsupported_media"
 
-    def __init__(self) -> None:
-        """Say the file is not media Aviary accepts."""
-        super().__init__("The file is not a supported audio or video format.")
+    def __init__(self, message: str = "The file is not a supported audio or video format.") -> None:
+        """Say what about the file Aviary does not accept."""
+        super().__init__(message)
+
+
+class UnsupportedCodecError(UnsupportedMediaError):
+    """An audio codec outside the decoder whitelist."""
+
+    def __init__(self, codec: str) -> None:
+        """Name the codec."""
+        super().__init__(f"The audio codec {codec!r} is not supported.")
+
+
+class UnsupportedSampleRateError(UnsupportedMediaError):
+    """A sample rate outside what Aviary decodes."""
+
+    def __init__(self, rate: int, low: int, high: int) -> None:
+        """Name the rate and the range accepted."""
+        super().__init__(f"A sample rate of {rate} Hz is not supported ({low} to {high} Hz).")
+
+
+class UnsupportedChannelsError(UnsupportedMediaError):
+    """More audio channels than Aviary decodes."""
+
+    def __init__(self, channels: int, most: int) -> None:
+        """Name the count and the most accepted."""
+        super().__init__(f"{channels} audio channels are not supported (1 to {most}).")
 
 
 class InvalidAudioError(AudioError):
@@ -167,6 +210,30 @@ class NoSamplesError(InvalidAudioError):
     def __init__(self) -> None:
         """Say the audio is empty."""
         super().__init__("The audio holds no samples.")
+
+
+class TruncatedAudioError(InvalidAudioError):
+    """Audio that ends well before the length its container declares."""
+
+    def __init__(self, declared: float, found: float) -> None:
+        """Name both lengths."""
+        super().__init__(f"The audio is truncated: the file declares {declared:.1f} s but holds {found:.1f} s.")
+
+
+class DecoderFailedError(InvalidAudioError):
+    """The decoder process died or answered nonsense on this input."""
+
+    def __init__(self) -> None:
+        """Say the decoder failed, without its internals."""
+        super().__init__("The audio decoder failed on this file.")
+
+
+class DecoderMemoryError(InvalidAudioError):
+    """Decoding needed more memory than a decoder may use."""
+
+    def __init__(self) -> None:
+        """Say the memory limit was reached."""
+        super().__init__("Decoding the audio needed more memory than allowed.")
 
 
 class AudioTooLongError(AudioError):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
-from aviary.audio import decode
 from aviary.engine.registry import Registry
 from aviary.errors import AviaryError
 from aviary.formats import parse_format, render
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
 
+    from aviary.audio import IsolatedDecoder
     from aviary.config import Settings
     from aviary.engine.base import Engine
 
@@ -35,6 +35,7 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
         pnc=not args.no_pnc,
     )
     registry = Registry(settings)
+    decoder = settings.audio_decoder()
     try:
         engine = registry.get(settings.model)
         engine.info.check(options)
@@ -44,7 +45,7 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
         failed = 0
         for path in _progress([Path(f) for f in args.files], sys.stderr):
             try:
-                text = _one(engine, path, options, args.format)
+                text = _one(engine, decoder, path, options, args.format)
             except (AviaryError, OSError) as exc:
                 code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
                 reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
@@ -53,13 +54,15 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             _write(text, path, out_dir, args.format, several=len(args.files) > 1)
     finally:
+        decoder.close()
         registry.close()
     return 1 if failed else 0
 
 
-def _one(engine: Engine, path: Path, options: TranscribeOptions, fmt: str) -> str:
-    with path.open("rb") as file:
-        audio = decode(file)
+def _one(engine: Engine, decoder: IsolatedDecoder, path: Path, options: TranscribeOptions, fmt: str) -> str:
+    with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
+        pass
+    audio = decoder.decode(path.resolve())
     transcript = engine.transcribe([audio], [options])[0]
     return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
 

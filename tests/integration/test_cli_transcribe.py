@@ -14,6 +14,7 @@ import srt
 
 from tests.support.fixtures import AUDIO, MODELS, golden
 from tests.support.hub import add_onnx_model
+from tests.support.media import ENCODINGS, encode
 from tools.fixtures import speech
 
 AVIARY = str(Path(sys.executable).with_name("aviary"))
@@ -136,3 +137,28 @@ def test_models_list_and_an_offline_hub_cache(tmp_path: Path) -> None:
     assert pull.stdout.startswith("parakeet-tdt-0.6b-v2: ")
     unknown = aviary("models", "pull", "whisper-1", env=env)
     assert unknown.stderr.startswith("aviary: error: [model_not_found]")
+
+
+def test_every_format_is_transcribed_and_hostile_files_are_refused(tmp_path: Path) -> None:
+    spec = speech.random_spec(np.random.default_rng(31), "en", heldout=True)
+    audio = speech.synthesize(spec)
+    good = []
+    for encoding in ENCODINGS:
+        good.append(tmp_path / f"{encoding.name}.bin")  # no telling suffix: content decides
+        good[-1].write_bytes(encode(audio, speech.SAMPLE_RATE, encoding))
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_bytes(b"#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n")
+    noise = tmp_path / "noise.mp3"
+    noise.write_bytes(np.random.default_rng(3).bytes(50_000))
+    out = tmp_path / "out"
+    done = aviary(
+        "transcribe", *map(str, [*good, playlist, noise]), "--model", str(MODELS / "parakeet-digits"),
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"aviary: {playlist}: [unsupported_media] The file is not a supported audio or video format.",
+        f"aviary: {noise}: [unsupported_media] The file is not a supported audio or video format.",
+    ]
+    for path in good:
+        assert (out / f"{path.stem}.txt").read_text(encoding="utf-8") == spec.text + "\n", path.name

@@ -14,9 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "cuda", "clips"),
-        help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out",
+        choices=("engines", "cuda", "clips", "audio"),
+        help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
+        " audio: decoding vs the ffmpeg CLI (--minutes)",
     )
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -24,18 +26,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--int8", action="store_true", help="also an int8-quantized encoder (and its WER cost)")
     parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
+    parser.add_argument("--nemo-only", action="store_true", help="only Aviary vs NeMo, at batch 1 and --batch")
     parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
     parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
 
+    from tools.bench import audio as audio_bench
     from tools.bench import clips, cuda, engines
 
+    if args.benchmark == "audio":
+        return _emit(audio_bench.run(args.minutes, args.rounds), args.out)
     if args.benchmark == "clips":
         cuda.save_clips(args.clips, args.out)
         return 0
     if args.benchmark == "cuda":
         return _emit(cuda.run(args.audio, args.batch, args.rounds), args.out)
     audio = clips.benchmark_clips(args.clips)
+    if args.nemo_only:
+        return _emit(
+            engines.run_nemo(args.model, audio, threads=args.threads, batch=args.batch, rounds=args.rounds), args.out
+        )
     report = engines.run(
         args.model, audio, threads=args.threads, batch=args.batch, rounds=args.rounds, int8=args.int8, nemo=args.nemo
     )

@@ -150,6 +150,7 @@ def run(
     if int8:
         ratios["aviary int8 b1 / aviary b1"] = ratio("aviary int8 b1", "aviary b1")
     if nemo:
+        ratios["aviary b1 / nemo b1 (phase 2)"] = ratio("aviary b1 (phase 2)", "nemo b1")
         ratios[f"aviary {b} / nemo {b} (phase 2)"] = ratio(f"aviary {b} (phase 2)", f"nemo {b}")
     return {
         "audio_seconds": round(audio_seconds, 1),
@@ -159,6 +160,29 @@ def run(
         "rtfx": {r.name: round(r.rtfx, 2) for r in results.values()},
         "ratios": ratios,
         **report,
+        "peak_rss_mb": round(_peak_rss_mb(), 0),
+    }
+
+
+def run_nemo(model: Path, clips: list[Audio], *, threads: int, batch: int, rounds: int) -> dict[str, Any]:
+    """Only Aviary against NeMo's own batched transcribe, at batch 1 and `batch` (one model copy each)."""
+    audio_seconds = float(sum(len(c) for c in clips) / SAMPLE_RATE)
+    aviary = aviary_engine(model, threads)
+    results = nemo_phase(model, clips, aviary, threads=threads, batch=batch, audio_seconds=audio_seconds, rounds=rounds)
+    rtfx = {r.name: round(r.rtfx, 2) for r in results.values()}
+    return {
+        "audio_seconds": round(audio_seconds, 1),
+        "clips": len(clips),
+        "threads": threads,
+        "rounds": rounds,
+        "rtfx": rtfx,
+        "ratios": {
+            "aviary b1 / nemo b1": round(rtfx["aviary b1 (phase 2)"] / rtfx["nemo b1"], 3),
+            f"aviary b{batch} / nemo b{batch}": round(rtfx[f"aviary b{batch} (phase 2)"] / rtfx[f"nemo b{batch}"], 3),
+            f"aviary b1 / nemo best of b1, b{batch}": round(
+                rtfx["aviary b1 (phase 2)"] / max(rtfx["nemo b1"], rtfx[f"nemo b{batch}"]), 3
+            ),
+        },
         "peak_rss_mb": round(_peak_rss_mb(), 0),
     }
 
@@ -174,6 +198,8 @@ def nemo_phase(
     torch.set_num_threads(threads)  # NeMo gets the same cores as everyone else
     reference = load_nemo_engine(model / "model.nemo", "bench", device="cpu")
     runs: Runs = {
+        "aviary b1 (phase 2)": lambda: [aviary.transcribe([c], PLAIN) for c in clips],
+        "nemo b1": lambda: [reference.transcribe([c], PLAIN) for c in clips],
         f"aviary b{batch} (phase 2)": lambda: [aviary.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
         f"nemo b{batch}": lambda: [reference.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
     }

@@ -1,0 +1,240 @@
+"""Decoding in child processes: a crash, hang or memory blow-up of FFmpeg costs one child, not the server.
+
+Each child (`python -m aviary.audio.worker`) decodes one input at a time with `aviary.audio.pyav`
+under an address-space limit, and streams its chunks back over a pipe. The parent waits on the pipe
+with a deadline: the time spent waiting on the child (not the consumer's time between chunks) is
+bounded by `AudioLimits.timeout_seconds`; past it the child is killed and `DecodeTimeoutError`
+raised. A child that dies mid-decode gives `InvalidAudioError`. Either way a fresh child takes its
+place on the next request. Idle children are kept for reuse (starting one costs an interpreter and
+PyAV's import, ~0.2 s); a stream abandoned half-way kills its child, since it may still be writing.
+
+Wire format, both ways: a 1-byte kind, a 4-byte little-endian length, the payload. Parent -> child:
+`R` (JSON request: path or none, limits) and, for in-memory input, `D` (the bytes). Child -> parent:
+`I` (JSON media info), `C` (float32 samples), `E` (JSON error: class name and message), `F` (done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, BinaryIO
+
+import numpy as np
+
+from aviary.audio.pyav import AudioLimits, MediaInfo, check_size, gather
+from aviary.errors import AudioError, DecoderFailedError, DecodeTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from aviary.audio.pyav import Source
+    from aviary.types import Audio
+
+HEADER = struct.Struct("<cI")
+MAX_MESSAGE = 1 << 30
+
+
+def write_message(out: IO[bytes], kind: bytes, payload: bytes | memoryview = b"") -> None:
+    """Write one framed message."""
+    out.write(HEADER.pack(kind, len(payload)))
+    out.write(payload)
+
+
+class _Child:
+    """One decoder process and the read side of its pipe."""
+
+    def __init__(self, memory_mb: int) -> None:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aviary.audio.worker", "--memory-mb", str(memory_mb)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # a signal to the server's process group does not hit the children
+        )
+        assert self.process.stdin is not None  # noqa: S101 - Popen with PIPE always sets it
+        assert self.process.stdout is not None  # noqa: S101
+        self.stdin = self.process.stdin
+        self.fd = self.process.stdout.fileno()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+        self.stdin.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def send(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
+        write_message(self.stdin, kind, payload)
+
+    def receive(self, budget: _Budget) -> tuple[bytes, bytearray]:
+        kind, size = HEADER.unpack(bytes(self._read(HEADER.size, budget)))
+        if size > MAX_MESSAGE:
+            raise DecoderFailedError
+        return kind, self._read(size, budget)
+
+    def _read(self, size: int, budget: _Budget) -> bytearray:
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        while got < size:
+            ready, _, _ = select.select([self.fd], [], [], budget.remaining())
+            budget.check()
+            if not ready:
+                continue
+            count = os.readv(self.fd, [view[got:]])
+            if not count:
+                raise EOFError
+            got += count
+        return data
+
+
+class _Budget:
+    """Seconds of waiting on a child left for one decode; only time spent waiting counts."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.left = seconds
+        self.since: float | None = None
+
+    def start(self) -> None:
+        self.since = time.monotonic()
+
+    def stop(self) -> None:
+        if self.since is not None:
+            self.left -= time.monotonic() - self.since
+            self.since = None
+
+    def remaining(self) -> float:
+        spent = time.monotonic() - self.since if self.since is not None else 0.0
+        return max(0.0, self.left - spent)
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise DecodeTimeoutError(self.seconds)
+
+
+class IsolatedDecoder:
+    """Decodes in child processes; thread-safe; keeps up to `idle` children ready between requests."""
+
+    def __init__(self, limits: AudioLimits, *, idle: int = 2, memory_mb: int | None = None) -> None:
+        """Hold the limits; children start on first use (or `warm()`).
+
+        `memory_mb`: each child's address-space limit; by default 1 GiB plus twice the largest input.
+        """
+        self.limits = limits
+        self._idle_max = idle
+        self._memory_mb = memory_mb or 1024 + 2 * -(-limits.max_bytes // (1 << 20))
+        self._idle: list[_Child] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def warm(self) -> None:
+        """Start the idle children now, so the first requests do not wait for them."""
+        with self._lock:
+            while len(self._idle) < self._idle_max:
+                self._idle.append(_Child(self._memory_mb))
+
+    def decode(self, source: Source | BinaryIO) -> Audio:
+        """The whole input as one float32 mono 16 kHz array (see `stream` for the errors)."""
+        return gather(self.stream_with_info(source))
+
+    def stream(self, source: Source | BinaryIO) -> Generator[Audio, None, None]:
+        """Chunks of float32 mono 16 kHz audio, decoded in a child process as they are consumed.
+
+        Raises:
+            AudioError: its subclasses for every reason an input is refused (see `pyav.decode_chunks`),
+                `DecodeTimeoutError` when the child works past the limit, `InvalidAudioError` when it dies.
+        """
+        for item in self.stream_with_info(source):
+            if not isinstance(item, MediaInfo):
+                yield item
+
+    def stream_with_info(self, source: Source | BinaryIO) -> Generator[MediaInfo | Audio, None, None]:
+        """As `stream`, with the `MediaInfo` first."""
+        if not isinstance(source, (Path, bytes)):
+            source = _read_bounded(source, self.limits.max_bytes)
+        check_size(source, self.limits)
+        child = self._acquire()
+        budget = _Budget(self.limits.timeout_seconds)
+        finished = False
+        try:
+            request = {"path": str(source) if isinstance(source, Path) else None, "limits": asdict(self.limits)}
+            child.send(b"R", json.dumps(request).encode())
+            if isinstance(source, bytes):
+                child.send(b"D", source)
+            child.stdin.flush()
+            while True:
+                budget.start()
+                kind, payload = child.receive(budget)
+                budget.stop()
+                if kind == b"C":
+                    yield np.frombuffer(payload, dtype=np.float32)
+                elif kind == b"I":
+                    yield MediaInfo(**json.loads(payload))
+                elif kind == b"F":
+                    finished = True
+                    return
+                elif kind == b"E":
+                    finished = True
+                    error = json.loads(payload)
+                    raise AudioError.rebuild(error["kind"], error["message"])
+                else:
+                    raise DecoderFailedError
+        except AudioError:  # DecodeTimeoutError is also an OSError (a TimeoutError): it passes as it is
+            raise
+        except (EOFError, OSError) as exc:
+            raise DecoderFailedError from exc
+        finally:
+            self._release(child, healthy=finished)
+
+    def close(self) -> None:
+        """Stop every idle child; later requests fail."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.kill()
+
+    def _acquire(self) -> _Child:
+        with self._lock:
+            if self._closed:
+                msg = "the decoder is closed"
+                raise RuntimeError(msg)
+            while self._idle:
+                child = self._idle.pop()
+                if child.alive():
+                    return child
+                child.kill()
+        return _Child(self._memory_mb)
+
+    def _release(self, child: _Child, *, healthy: bool) -> None:
+        if healthy and child.alive():
+            with self._lock:
+                if not self._closed and len(self._idle) < self._idle_max:
+                    self._idle.append(child)
+                    return
+        child.kill()
+
+
+def _read_bounded(file: BinaryIO, limit: int) -> bytes:
+    """Read a file object whole, refusing (without reading on) past `limit` bytes."""
+    from aviary.errors import PayloadTooLargeError
+
+    data = file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(limit)
+    return data

@@ -1,0 +1,80 @@
+"""Every accepted format round-trips through the isolated decoder: length kept, digits still understood."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from aviary.audio import AudioLimits, IsolatedDecoder
+from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
+from aviary.types import SAMPLE_RATE, TranscribeOptions
+from tests.support.fixtures import MODELS
+from tests.support.media import ENCODINGS, Encoding, encode
+from tools.fixtures import speech
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aviary.engine.base import Engine
+
+TOLERANCE_SECONDS = 0.020
+
+
+@pytest.fixture(scope="module")
+def digits() -> Engine:
+    return load_onnx_engine(MODELS / "parakeet-digits", "digits", RuntimeOptions(device="cpu", intra_op_threads=1))
+
+
+@pytest.fixture(scope="module")
+def utterance() -> tuple[speech.Spec, np.ndarray]:
+    spec = speech.random_spec(np.random.default_rng(404), "en", heldout=True)
+    return spec, speech.synthesize(spec)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
+def test_round_trip(
+    encoding: Encoding,
+    decoder: IsolatedDecoder,
+    digits: Engine,
+    utterance: tuple[speech.Spec, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    spec, audio = utterance
+    path = tmp_path / f"speech.{encoding.container}"  # the suffix is irrelevant: content decides
+    path.write_bytes(encode(audio, SAMPLE_RATE, encoding))
+    decoded = decoder.decode(path)
+    assert decoded.dtype == np.float32
+    assert decoded.ndim == 1
+    assert abs(len(decoded) - len(audio)) / SAMPLE_RATE <= TOLERANCE_SECONDS
+    transcript = digits.transcribe([decoded], [TranscribeOptions()])[0]
+    assert transcript.text == spec.text
+
+
+def test_bytes_paths_and_file_objects_decode_alike(decoder: IsolatedDecoder, tmp_path: Path) -> None:
+    data = encode(
+        speech.synthesize(speech.random_spec(np.random.default_rng(5), "en", heldout=True)), SAMPLE_RATE, ENCODINGS[6]
+    )
+    path = tmp_path / "clip"
+    path.write_bytes(data)
+    from_path = decoder.decode(path)
+    with path.open("rb") as file:
+        from_file = decoder.decode(file)
+    np.testing.assert_array_equal(from_path, decoder.decode(data))
+    np.testing.assert_array_equal(from_path, from_file)
+
+
+def test_a_stream_hands_over_bounded_chunks(decoder: IsolatedDecoder) -> None:
+    audio = np.concatenate(
+        [speech.synthesize(speech.random_spec(np.random.default_rng(i), "en", heldout=True)) for i in range(8)]
+    )
+    data = encode(audio, SAMPLE_RATE, ENCODINGS[7])  # 48 kHz 5.1 FLAC
+    small = IsolatedDecoder(AudioLimits(chunk_seconds=2.0), idle=0)
+    try:
+        chunks = list(small.stream(data))
+    finally:
+        small.close()
+    assert len(chunks) >= len(audio) // (2 * SAMPLE_RATE)
+    assert all(len(c) < 3 * SAMPLE_RATE for c in chunks)
+    np.testing.assert_allclose(np.concatenate(chunks), decoder.decode(data), atol=1e-6)

@@ -1,0 +1,139 @@
+"""The decoder processes: a child that dies or hangs costs that request only; the next one works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from aviary.audio import AudioLimits, IsolatedDecoder
+from aviary.errors import DecoderFailedError, DecodeTimeoutError
+from aviary.types import SAMPLE_RATE
+from tests.support.media import ENCODINGS, encode
+from tools.fixtures import speech
+
+if TYPE_CHECKING:
+    from collections.abc import Generator, Iterator
+
+FLAC = next(e for e in ENCODINGS if e.name == "flac-48k-5.1")
+
+
+@pytest.fixture(scope="module")
+def long_flac() -> bytes:
+    parts = [speech.synthesize(speech.random_spec(np.random.default_rng(i), "en", heldout=True)) for i in range(12)]
+    return encode(np.concatenate(parts), SAMPLE_RATE, FLAC)
+
+
+@pytest.fixture
+def decoder() -> Iterator[IsolatedDecoder]:
+    isolated = IsolatedDecoder(AudioLimits(chunk_seconds=1.0, timeout_seconds=3.0), idle=1)
+    yield isolated
+    isolated.close()
+
+
+def _children() -> set[int]:
+    """Process ids of this process's live children."""
+    me = str(os.getpid())
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _started(decoder: IsolatedDecoder, data: bytes) -> tuple[Generator[np.ndarray, None, None], int]:
+    """A stream that has handed over its first chunk, and the pid of the child decoding it."""
+    before = _children()
+    chunks = decoder.stream(data)
+    next(chunks)
+    (child,) = _children() - before
+    return chunks, child
+
+
+def test_a_child_killed_mid_decode_fails_that_request_only(decoder: IsolatedDecoder, long_flac: bytes) -> None:
+    chunks, child = _started(decoder, long_flac)
+    os.kill(child, signal.SIGKILL)
+    with pytest.raises(DecoderFailedError) as error:
+        list(chunks)
+    assert error.value.code == "invalid_audio"
+    assert len(decoder.decode(long_flac)) > 0
+
+
+def test_a_hung_child_times_out_and_is_replaced(decoder: IsolatedDecoder, long_flac: bytes) -> None:
+    chunks, child = _started(decoder, long_flac)
+    os.kill(child, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(DecodeTimeoutError) as error:
+        list(chunks)
+    assert error.value.code == "decode_timeout"
+    assert time.monotonic() - start < 3.0 + 2.0
+    assert child not in _children()  # killed, not left stopped
+    assert len(decoder.decode(long_flac)) > 0
+
+
+def test_time_spent_by_the_consumer_does_not_count(long_flac: bytes) -> None:
+    # A slow consumer (a long transcription between chunks) is not the decoder hanging.
+    patient = IsolatedDecoder(AudioLimits(chunk_seconds=1.0, timeout_seconds=1.0), idle=0)
+    try:
+        total = 0
+        for chunk in patient.stream(long_flac):
+            total += len(chunk)
+            time.sleep(0.1)
+    finally:
+        patient.close()
+    assert total > 20 * SAMPLE_RATE  # more than 2 s of consumer time against a 1 s decode budget
+
+
+def test_an_abandoned_stream_stops_its_child(decoder: IsolatedDecoder, long_flac: bytes) -> None:
+    chunks, child = _started(decoder, long_flac)
+    chunks.close()
+    assert child not in _children()
+
+
+def test_children_are_reused_and_serve_threads_at_once(long_flac: bytes) -> None:
+    decoder = IsolatedDecoder(AudioLimits(), idle=2)
+    try:
+        decoder.warm()
+        pool = _children()
+        assert len(pool) == 2
+        expected = decoder.decode(long_flac)
+        results: list[np.ndarray] = []
+        threads = [threading.Thread(target=lambda: results.append(decoder.decode(long_flac))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 4
+        for result in results:
+            np.testing.assert_array_equal(result, expected)
+        assert pool <= _children()  # the warm children are still the ones serving
+    finally:
+        decoder.close()
+    assert not (pool & _children())
+
+
+def test_a_child_cannot_take_more_memory_than_allowed() -> None:
+    # A 460 MB input (10 minutes of 192 kHz float WAV) sent to a child limited to 300 MB of address space:
+    # the allocation is refused in the child, which answers with a domain error instead of dying.
+    samples = np.zeros(192_000 * 60 * 10, dtype=np.float32)
+    from tests.support.media import Encoding
+
+    big = encode(samples, 192_000, Encoding("f32", "wav", "pcm_f32le", rate=192_000))
+    tight = IsolatedDecoder(AudioLimits(), idle=0, memory_mb=300)
+    try:
+        with pytest.raises(Exception) as error:  # noqa: PT011 - the code is the contract
+            tight.decode(big)
+    finally:
+        tight.close()
+    assert getattr(error.value, "code", None) == "invalid_audio"

@@ -1,0 +1,118 @@
+"""Media files made at test time: speech encoded by PyAV into every container and codec Aviary accepts."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import cast
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How to write one test file."""
+
+    name: str
+    container: str
+    codec: str
+    rate: int = 16_000
+    channels: int = 1
+    sample_format: str | None = None
+    video: str | None = None  # a video codec: the file is a video with an audio track
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def layout(self) -> str:
+        """FFmpeg's channel layout name."""
+        return {1: "mono", 2: "stereo", 6: "5.1"}[self.channels]
+
+
+ENCODINGS = (
+    Encoding("wav-u8", "wav", "pcm_u8", rate=8_000),
+    Encoding("wav-s16", "wav", "pcm_s16le", rate=16_000),
+    Encoding("wav-s24-96k", "wav", "pcm_s24le", rate=96_000, channels=2),
+    Encoding("wav-s32", "wav", "pcm_s32le", rate=22_050),
+    Encoding("wav-f32-192k", "wav", "pcm_f32le", rate=192_000),
+    Encoding("wav-mulaw", "wav", "pcm_mulaw", rate=8_000),
+    Encoding("mp3-44k-stereo", "mp3", "libmp3lame", rate=44_100, channels=2),
+    Encoding("flac-48k-5.1", "flac", "flac", rate=48_000, channels=6),
+    Encoding("ogg-vorbis", "ogg", "vorbis", rate=44_100, channels=2, options=(("strict", "experimental"),)),
+    Encoding("ogg-opus", "ogg", "libopus", rate=48_000),
+    Encoding("m4a-aac", "ipod", "aac", rate=44_100, channels=2),
+    Encoding("m4a-alac", "ipod", "alac", rate=44_100),
+    Encoding("webm-opus", "webm", "libopus", rate=48_000, channels=2),
+    Encoding("aiff", "aiff", "pcm_s16be", rate=32_000),
+    Encoding("caf-alac", "caf", "alac", rate=44_100, channels=2),
+    Encoding("mp4-video", "mp4", "aac", rate=48_000, channels=2, video="mpeg4"),
+    Encoding("mov-video", "mov", "aac", rate=44_100, video="mpeg4"),
+    Encoding("mkv-video", "matroska", "libopus", rate=48_000, video="mpeg4"),
+    Encoding("webm-video", "webm", "libopus", rate=48_000, video="libvpx"),
+)
+
+
+def resample(audio: npt.NDArray[np.float32], rate: int, target: int) -> npt.NDArray[np.float32]:
+    """Band-limited resampling (scipy's polyphase filter) of mono audio."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    if rate == target:
+        return audio
+    common = gcd(rate, target)
+    resampled: npt.NDArray[np.float32] = resample_poly(audio, target // common, rate // common).astype(np.float32)
+    return resampled
+
+
+def encode(audio: npt.NDArray[np.float32], rate: int, encoding: Encoding) -> bytes:
+    """`audio` (mono float32 at `rate`) written as `encoding` (every channel the same signal)."""
+    samples = resample(audio, rate, encoding.rate)
+    planar = np.repeat(samples[None, :], encoding.channels, axis=0)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=encoding.container) as container:
+        stream = cast(
+            "av.AudioStream", container.add_stream(encoding.codec, rate=encoding.rate, options=dict(encoding.options))
+        )
+        stream.layout = encoding.layout
+        video = _video_stream(container, encoding.video) if encoding.video else None
+        context = stream.codec_context
+        resampler = av.AudioResampler(
+            format=encoding.sample_format or (context.codec.audio_formats or [av.AudioFormat("fltp")])[0].name,
+            layout=encoding.layout,
+            rate=encoding.rate,
+            frame_size=context.frame_size or 1024,
+        )
+        step = 4096
+        for start in range(0, planar.shape[1], step):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(planar[:, start : start + step]), format="fltp", layout=encoding.layout
+            )
+            frame.sample_rate = encoding.rate
+            frame.pts = start
+            frame.time_base = Fraction(1, encoding.rate)
+            for out in resampler.resample(frame):
+                container.mux(stream.encode(out))
+        for out in resampler.resample(None):
+            container.mux(stream.encode(out))
+        container.mux(stream.encode(None))
+        if video is not None:
+            _write_video(container, video, seconds=planar.shape[1] / encoding.rate)
+    return buffer.getvalue()
+
+
+def _video_stream(container: av.container.OutputContainer, codec: str) -> av.VideoStream:
+    stream = cast("av.VideoStream", container.add_stream(codec, rate=10))
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    return stream
+
+
+def _write_video(container: av.container.OutputContainer, stream: av.VideoStream, seconds: float) -> None:
+    gray = np.full((48, 64, 3), 128, dtype=np.uint8)
+    for index in range(int(seconds * 10) + 1):
+        frame = av.VideoFrame.from_ndarray(gray, format="rgb24")
+        frame.pts = index
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
