@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import resource
 import struct
 import time
 from fractions import Fraction
@@ -87,10 +86,6 @@ def _without_length(flac: bytes) -> bytes:
     return bytes(data)
 
 
-def _children_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 def _refused(decoder: IsolatedDecoder, data: bytes, tmp_path: Path, suffix: str = ".wav") -> str:
     path = tmp_path / f"upload{suffix}"
     path.write_bytes(data)
@@ -136,7 +131,7 @@ def test_garbage_is_refused_with_its_code(decoder: IsolatedDecoder, speech_audio
     codes = {name: _refused(decoder, data, tmp_path) for name, (data, _) in cases.items()}
     assert codes == {name: code for name, (_, code) in cases.items()}
     assert _refused(decoder, cases["hls playlist"][0], tmp_path, ".m3u8") == "unsupported_media"
-    assert _children_peak_rss_mb() < 1024
+    assert 0 < decoder.peak_mb < 512
 
 
 def test_eleven_hours_over_the_cap_are_refused_within_seconds(decoder: IsolatedDecoder, tmp_path: Path) -> None:
@@ -146,7 +141,7 @@ def test_eleven_hours_over_the_cap_are_refused_within_seconds(decoder: IsolatedD
         start = time.monotonic()
         assert _refused(decoder, data, tmp_path, ".flac") == "audio_too_long"
         assert time.monotonic() - start < 10
-    assert _children_peak_rss_mb() < 1024
+    assert 0 < decoder.peak_mb < 512
 
 
 def test_the_headerless_silence_is_counted_not_decoded() -> None:

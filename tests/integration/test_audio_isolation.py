@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from aviary.audio import AudioLimits, IsolatedDecoder
-from aviary.errors import DecoderFailedError, DecodeTimeoutError
+from aviary.errors import DecoderFailedError, DecoderMemoryError, DecodeTimeoutError
 from aviary.types import SAMPLE_RATE
 from tests.support.media import ENCODINGS, encode
 from tools.fixtures import speech
@@ -129,11 +129,16 @@ def test_a_child_cannot_take_more_memory_than_allowed() -> None:
     samples = np.zeros(192_000 * 60 * 10, dtype=np.float32)
     from tests.support.media import Encoding
 
-    big = encode(samples, 192_000, Encoding("f32", "wav", "pcm_f32le", rate=192_000))
-    tight = IsolatedDecoder(AudioLimits(), idle=0, memory_mb=300)
+    wav = Encoding("f32", "wav", "pcm_f32le", rate=192_000)
+    big = encode(samples, 192_000, wav)
+    tight = IsolatedDecoder(AudioLimits(), idle=1, memory_mb=300)
     try:
-        with pytest.raises(Exception) as error:  # noqa: PT011 - the code is the contract
+        with pytest.raises(DecoderMemoryError) as error:
             tight.decode(big)
+        assert error.value.code == "invalid_audio"
+        assert str(error.value) == "Decoding the audio needed more memory than allowed."
+        assert tight.peak_mb < 300
+        small = encode(samples[:192_000], 192_000, wav)
+        assert len(tight.decode(small)) == SAMPLE_RATE  # the same child answers the next request
     finally:
         tight.close()
-    assert getattr(error.value, "code", None) == "invalid_audio"

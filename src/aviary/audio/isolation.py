@@ -141,6 +141,8 @@ class IsolatedDecoder:
         self._idle: list[_Child] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.peak_mb = 0.0
+        """The highest peak resident memory a child has reported after a decode (MB)."""
 
     def warm(self) -> None:
         """Start the idle children now, so the first requests do not wait for them."""
@@ -187,10 +189,12 @@ class IsolatedDecoder:
                     yield MediaInfo(**json.loads(payload))
                 elif kind == b"F":
                     finished = True
+                    self._note_peak(json.loads(payload)["peak_mb"])
                     return
                 elif kind == b"E":
                     finished = True
                     error = json.loads(payload)
+                    self._note_peak(error["peak_mb"])
                     raise AudioError.rebuild(error["kind"], error["message"])
                 else:
                     raise DecoderFailedError
@@ -200,6 +204,10 @@ class IsolatedDecoder:
             raise DecoderFailedError from exc
         finally:
             self._release(child, healthy=finished)
+
+    def _note_peak(self, megabytes: float) -> None:
+        with self._lock:
+            self.peak_mb = max(self.peak_mb, megabytes)
 
     def close(self) -> None:
         """Stop every idle child; later requests fail."""

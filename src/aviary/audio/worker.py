@@ -36,6 +36,21 @@ def _receive(stream: BinaryIO) -> tuple[bytes, bytes]:
     return kind, _read(stream, size)
 
 
+def _bytes(stream: BinaryIO) -> bytes | None:
+    """The input sent in memory; None (with the rest read and dropped) when it does not fit our memory."""
+    _, size = HEADER.unpack(_read(stream, HEADER.size))
+    try:
+        return _read(stream, size)
+    except MemoryError:
+        left = size
+        while left:  # the parent is still writing: take the rest, so it hears our answer, not a broken pipe
+            part = stream.read(min(left, 1 << 20))
+            if not part:
+                raise EOFError from None
+            left -= len(part)
+        return None
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer requests until stdin closes."""
     while True:
@@ -44,7 +59,11 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         except (EOFError, struct.error):
             return
         request = json.loads(payload)
-        source: Path | bytes = Path(request["path"]) if request["path"] is not None else _receive(requests)[1]
+        source: Path | bytes | None = Path(request["path"]) if request["path"] is not None else _bytes(requests)
+        if source is None:
+            _error(replies, DecoderMemoryError())
+            replies.flush()
+            continue
         try:
             for item in decode_chunks(source, AudioLimits(**request["limits"])):
                 if isinstance(item, MediaInfo):
@@ -52,7 +71,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 else:
                     write_message(replies, b"C", item.tobytes())
                     replies.flush()
-            write_message(replies, b"F")
+            write_message(replies, b"F", json.dumps({"peak_mb": _peak_mb()}).encode())
         except AudioError as exc:
             _error(replies, exc)
         except MemoryError:
@@ -64,7 +83,16 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def _error(replies: BinaryIO, error: AudioError) -> None:
-    write_message(replies, b"E", json.dumps({"kind": type(error).__name__, "message": str(error)}).encode())
+    reply = {"kind": type(error).__name__, "message": str(error), "peak_mb": _peak_mb()}
+    write_message(replies, b"E", json.dumps(reply).encode())
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory since it started the worker (VmHWM: not the parent's, pre-exec)."""
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
