@@ -78,3 +78,12 @@ def test_a_stream_hands_over_bounded_chunks(decoder: IsolatedDecoder) -> None:
     assert len(chunks) >= len(audio) // (2 * SAMPLE_RATE)
     assert all(len(c) < 3 * SAMPLE_RATE for c in chunks)
     np.testing.assert_allclose(np.concatenate(chunks), decoder.decode(data), atol=1e-6)
+
+
+def test_file_names_are_never_protocols(decoder: IsolatedDecoder, tmp_path: Path) -> None:
+    audio = speech.synthesize(speech.random_spec(np.random.default_rng(9), "en", heldout=True))
+    data = encode(audio, SAMPLE_RATE, ENCODINGS[1])
+    for name in ("concat:a.wav|b.wav", "http:x.wav", "x:y.wav"):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert len(decoder.decode(path)) == len(audio), name
