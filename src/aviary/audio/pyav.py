@@ -184,16 +184,20 @@ def _mono(container: av.container.InputContainer, limits: AudioLimits) -> Iterat
     stream = container.streams.audio[0]
     chunk = max(1, int(limits.chunk_seconds * SAMPLE_RATE))
     graph: av.filter.Graph | None = None
-    decoded = 0
+    decoded = pending = due = 0
     try:
         for frame in container.decode(stream):
             if graph is None:
                 graph = _graph(frame, chunk)
+                due = chunk * frame.sample_rate // SAMPLE_RATE + 1  # input samples that fill one chunk
             decoded += frame.samples * frame.layout.nb_channels
             if decoded > limits.max_input_samples:
                 raise AudioTooLongError(limits.max_seconds)
             graph.push(frame)
-            yield from _pull(graph)
+            pending += frame.samples
+            if pending >= due:  # ask only when a chunk can be ready: an empty pull raises, which costs
+                pending = 0
+                yield from _pull(graph)
         if graph is not None:
             graph.push(None)
             yield from _pull(graph)
