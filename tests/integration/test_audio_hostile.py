@@ -76,6 +76,16 @@ def _flac_silence(seconds: int, rate: int = 8_000) -> bytes:
     return buffer.getvalue()
 
 
+def _no_frames() -> bytes:
+    """A FLAC with its stream header and not one audio frame."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=16_000)
+        stream.layout = "mono"
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
 def _without_length(flac: bytes) -> bytes:
     """The same FLAC with STREAMINFO's total-sample count (and MD5) zeroed: 'unknown', as a stream writes it."""
     data = bytearray(flac)
@@ -120,6 +130,7 @@ def test_garbage_is_refused_with_its_code(decoder: IsolatedDecoder, speech_audio
         "truncated mp3": (mp3[: len(mp3) * 2 // 5], "invalid_audio"),
         "truncated flac": (flac[: len(flac) * 2 // 5], "invalid_audio"),
         "video without audio": (_silent_video(), "invalid_audio"),
+        "zero samples": (_no_frames(), "invalid_audio"),
         "255 channels": (bytes(channels), "unsupported_media"),
         "10 MHz": (bytes(rate), "unsupported_media"),
         "hls playlist": (
