@@ -15,6 +15,7 @@ Wire format, both ways: a 1-byte kind, a 4-byte little-endian length, the payloa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -69,11 +70,21 @@ class _Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def stop(self) -> None:
+        """Let an idle child finish: end of input is its signal to exit; kill it if it does not."""
+        try:
+            self.stdin.close()
+            self.process.wait(timeout=2.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
     def kill(self) -> None:
         if self.alive():
             self.process.kill()
         self.process.wait()
-        self.stdin.close()
+        with contextlib.suppress(OSError):  # a child killed mid-write leaves a broken pipe to flush
+            self.stdin.close()
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -215,7 +226,7 @@ class IsolatedDecoder:
             self._closed = True
             idle, self._idle = self._idle, []
         for child in idle:
-            child.kill()
+            child.stop()
 
     def _acquire(self) -> _Child:
         with self._lock:
@@ -235,6 +246,8 @@ class IsolatedDecoder:
                 if not self._closed and len(self._idle) < self._idle_max:
                     self._idle.append(child)
                     return
+            child.stop()
+            return
         child.kill()
 
 
