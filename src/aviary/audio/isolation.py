@@ -10,7 +10,8 @@ PyAV's import, ~0.2 s); a stream abandoned half-way kills its child, since it ma
 
 Wire format, both ways: a 1-byte kind, a 4-byte little-endian length, the payload. Parent -> child:
 `R` (JSON request: path or none, limits) and, for in-memory input, `D` (the bytes). Child -> parent:
-`I` (JSON media info), `C` (float32 samples), `E` (JSON error: class name and message), `F` (done).
+`S` once at start-up (PyAV loaded), then per request `I` (JSON media info), `C` (float32 samples),
+and `F` (done) or `E` (JSON error: class name and message); both carry the child's peak memory.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ class _Child:
         assert self.process.stdout is not None  # noqa: S101
         self.stdin = self.process.stdin
         self.fd = self.process.stdout.fileno()
+        self.started = False
+
+    def wait_started(self, budget: _Budget) -> None:
+        """Read the child's `S` (started) message, once; a child that says anything else has failed."""
+        if not self.started:
+            kind, _ = self.receive(budget)
+            if kind != b"S":
+                raise DecoderFailedError
+            self.started = True
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -156,10 +166,18 @@ class IsolatedDecoder:
         """The highest peak resident memory a child has reported after a decode (MB)."""
 
     def warm(self) -> None:
-        """Start the idle children now, so the first requests do not wait for them."""
+        """Start the idle children and wait until they are ready, so the first requests do not wait."""
         with self._lock:
-            while len(self._idle) < self._idle_max:
-                self._idle.append(_Child(self._memory_mb))
+            fresh = [_Child(self._memory_mb) for _ in range(self._idle_max - len(self._idle))]
+        for child in fresh:  # out of the pool while starting: no request reads their pipes meanwhile
+            budget = _Budget(self.limits.timeout_seconds)
+            budget.start()
+            try:
+                child.wait_started(budget)
+            except (AudioError, EOFError, OSError):
+                child.kill()
+                continue
+            self._release(child, healthy=True)
 
     def decode(self, source: Source | BinaryIO) -> Audio:
         """The whole input as one float32 mono 16 kHz array (see `stream` for the errors)."""
@@ -185,6 +203,9 @@ class IsolatedDecoder:
         budget = _Budget(self.limits.timeout_seconds)
         finished = False
         try:
+            budget.start()
+            child.wait_started(budget)  # a fresh child's start-up counts against the time limit too
+            budget.stop()
             request = {"path": str(source) if isinstance(source, Path) else None, "limits": asdict(self.limits)}
             child.send(b"R", json.dumps(request).encode())
             if isinstance(source, bytes):

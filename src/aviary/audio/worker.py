@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt the replies
+    write_message(replies, b"S")  # started: PyAV is loaded, requests are welcome
+    replies.flush()
     serve(sys.stdin.buffer, replies)
     return 0
 
