@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aviary", description="Self-hosted speech-to-text for Parakeet and Canary.")
     parser.add_argument("--version", action="version", version=f"aviary {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", help="run the HTTP server (placeholder: prints the version; see issue #5)")
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="address to listen on (default: AVIARY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: AVIARY_PORT, PORT or 8000)")
+    _add_model_flags(serve)
 
     transcribe = commands.add_parser("transcribe", help="transcribe or translate audio files")
     transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
@@ -61,7 +64,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from aviary.config import Settings
 
-    flags = {"model", "engine", "device", "threads", "quantization", "offline"}
+    flags = {"model", "engine", "device", "threads", "quantization", "offline", "host", "port"}
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in flags and v is not None}
     return Settings(**overrides)
 
@@ -73,14 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "serve":
-        # TODO(#5): `serve` starts uvicorn with the API; until then it only says what it is.
-        sys.stdout.write(f"aviary {__version__}: the HTTP server is not built yet (issue #5)\n")
-        return 0
     from aviary.errors import AviaryError
 
     try:
         settings = settings_from(args)
+        if args.command == "serve":
+            return _serve(settings)
         if args.command == "transcribe":
             from aviary.transcribe_files import transcribe_files
 
@@ -109,4 +110,14 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)))
         sys.stdout.write(f"  {row[3]}\n")
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    """Run the API with uvicorn until interrupted."""
+    import uvicorn
+
+    from aviary.api import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

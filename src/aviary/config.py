@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -21,9 +21,23 @@ DEFAULT_ALIASES = {"parakeet": "parakeet-tdt-0.6b-v2", "canary": "canary-1b-v2"}
 class Settings(BaseSettings):
     """Every knob of Aviary, with defaults that run a single machine with no configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="AVIARY_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AVIARY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
 
-    model: str = Field(default="parakeet-tdt-0.6b-v2", description="The default model: loaded at start-up.")
+    model: str = Field(
+        default="parakeet-tdt-0.6b-v2",
+        validation_alias=AliasChoices("model", "AVIARY_MODEL", "MODEL_NAME"),  # MODEL_NAME: the seed's variable
+        description="The default model: loaded at start-up.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server listens on.")
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("port", "AVIARY_PORT", "PORT"),  # PORT: the seed's variable
+        description="Port the server listens on.",
+    )
     engine: Literal["onnx", "nemo"] = Field(
         default="onnx", description="Engine for registry names: onnxruntime (default) or NeMo (needs the nemo extra)."
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import aviary
-from aviary.cli import main
+from aviary.cli import build_parser, main, settings_from
 
 
 def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -24,9 +24,16 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: aviary" in capsys.readouterr().out
 
 
-def test_serve_placeholder_names_its_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve"]) == 0
-    assert aviary.__version__ in capsys.readouterr().out
+def test_serve_flags_and_the_seeds_variables_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_NAME", "canary")
+    monkeypatch.setenv("PORT", "9123")
+    settings = settings_from(build_parser().parse_args(["serve"]))
+    assert (settings.model, settings.host, settings.port) == ("canary", "127.0.0.1", 9123)
+    monkeypatch.setenv("AVIARY_MODEL", "parakeet-tdt-0.6b-v3")  # Aviary's own variable wins over the seed's
+    assert settings_from(build_parser().parse_args(["serve"])).model == "parakeet-tdt-0.6b-v3"
+    flags = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8001", "--model", "./m"])  # noqa: S104
+    settings = settings_from(flags)
+    assert (settings.model, settings.host, settings.port) == ("./m", "0.0.0.0", 8001)  # noqa: S104
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,74 @@
+"""The original server's informational endpoints, same paths and fields: `GET /` and `GET /health`.
+
+Shapes from `spec/seed-api.md`; Aviary adds fields and never removes or renames one. `/health`
+answers 200 in every state, as the original did: its clients read `model_loaded` (the console
+client stops unless it is true, the smoke script waits while it is false).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+
+from aviary import __version__
+from aviary.engine.registry import KNOWN
+
+if TYPE_CHECKING:
+    from aviary.api.service import Service
+
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+@router.get("/", summary="API information and links")
+def root(request: Request) -> dict[str, Any]:
+    """Service, version, the seed's two model names (with what they stand for), languages, endpoints."""
+    service = _service(request)
+    loaded = {engine.info.name for engine in service.loaded()}
+    models: dict[str, Any] = {}
+    for alias in ("parakeet", "canary"):
+        target = service.settings.aliases[alias]
+        known = KNOWN.get(target)
+        models[alias] = {
+            "name": target,
+            "description": known.description if known else target,
+            "languages": sorted(known.languages) if known else [],
+            "loaded": target in loaded,
+        }
+    languages = sorted({language for model in models.values() for language in model["languages"]})
+    return {
+        "service": "Aviary speech-to-text",
+        "version": __version__,
+        "models": models,
+        "default_model": "parakeet",
+        "supported_languages": languages,
+        "endpoints": {
+            "health": "/health",
+            "docs": "/docs",
+            "transcribe": "/transcribe",
+            "transcribe_async": "/transcribe/async",
+            "job_status": "/jobs/{job_id}/status",
+            "job_result": "/jobs/{job_id}/result",
+            "job_cancel": "/jobs/{job_id}/cancel",
+        },
+    }
+
+
+@router.get("/health", summary="Whether the default model is loaded")
+def health(request: Request) -> dict[str, Any]:
+    """`status` is `healthy`, `loading` or `degraded` (with `reason`); `model_loaded` as the seed's clients read it."""
+    service = _service(request)
+    state = service.health()
+    return {
+        "status": state.status,
+        "model_loaded": state.status == "healthy",
+        "model_name": state.model_name,
+        "device": state.device,
+        "reason": state.reason,
+        "loaded_models": sorted(engine.info.name for engine in service.loaded()),
+    }
