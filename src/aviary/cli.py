@@ -7,6 +7,7 @@ in `main()`, never at import time. Errors print one line with a stable code and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -119,5 +120,6 @@ def _serve(settings: Settings) -> int:
 
     from aviary.api import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut the app down on Ctrl-C, then re-raised it
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def _server(command: list[str], port: int, env: dict[str, str]) -> Iterator[subp
                 time.sleep(0.2)
         yield process
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop (SIGTERM ends by the signal, unmeasured)
         process.wait(timeout=30)
         if process.stderr is not None:
             process.stderr.close()
@@ -91,8 +92,8 @@ def test_aviary_serve_loads_the_default_model_and_reports_it() -> None:
         assert "en" in info["supported_languages"]
         assert info["endpoints"]["health"] == "/health"
         assert _get(port, "/openapi.json")[1]["info"]["title"] == "Aviary"
-        process.terminate()  # uvicorn shuts the app down, then exits by the signal it caught
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
         assert process.stderr is not None
         assert "Application shutdown complete." in process.stderr.read().decode()
 
