@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,18 @@ def test_parakeet_batch_of_mixed_lengths_equals_batch_one(name: str) -> None:
         assert [(w.word, w.start, w.end) for w in b.words] == [(w.word, w.start, w.end) for w in s.words]
         # Padding changes the float summation order inside the encoder, not the decisions.
         assert [w.confidence for w in b.words] == pytest.approx([w.confidence for w in s.words], abs=1e-3)
+
+
+@pytest.mark.parametrize("numpy_decoder", [True, False], ids=["numpy", "graph"])
+def test_one_engine_serves_many_threads_at_once(numpy_decoder: bool) -> None:  # noqa: FBT001
+    """Threads share a loaded engine (the API runs several workers): no call sees another's state."""
+    path = MODELS / "parakeet-digits"
+    model = TdtEngine("digits", read_model_dir(path, "digits"), SessionFactory(CPU), numpy_decoder=numpy_decoder)
+    clips = [clip(c["clip"]) for c in golden("parakeet-digits")["cases"]]
+    alone = [model.transcribe([c], [TranscribeOptions()])[0].tokens for c in clips]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda c: model.transcribe([c], [TranscribeOptions()])[0].tokens, clips * 4))
+    assert together == alone * 4
 
 
 def test_words_carry_times_inside_the_audio_and_confidences() -> None:

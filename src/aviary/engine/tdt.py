@@ -82,17 +82,17 @@ class TdtEngine(OnnxEngine):
         lengths = np.minimum(lengths, encoded.shape[1])
         time = np.zeros(batch, dtype=np.int64)
         emitted = np.zeros(batch, dtype=np.int64)
-        self._decoder.start(encoded, self._blank)
+        run = self._decoder.start(encoded, self._blank)  # this call's own state: engines are shared by threads
         out = _Emissions([], [], [], [], [])
         active = np.flatnonzero(time < lengths)
         while active.size:
-            logits = self._decoder.scores(active, time[active])
+            logits = run.scores(active, time[active])
             token = logits[:, : self._n_classes].argmax(axis=-1)
             duration = logits[:, self._n_classes :].argmax(axis=-1).astype(np.int64)
             spoken = token != self._blank
             rows = active[spoken]
             if rows.size:
-                self._decoder.emit(spoken, token[spoken])
+                run.emit(spoken, token[spoken])
                 emitted[rows] += 1
                 out.rows.append(rows)
                 out.tokens.append(token[spoken].astype(np.int64))

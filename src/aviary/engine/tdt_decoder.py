@@ -43,11 +43,8 @@ PRED_OUTPUT = "/joint/pred/Add_output_0"  # the prediction projection's output
 LSTM_DEFAULTS = {"direction": b"forward", "input_forget": 0, "layout": 0}
 
 
-class StepDecoder(Protocol):
-    """Scores decoding steps for a batch; rows are indices into the batch given to `start`."""
-
-    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
-        """Begin a batch: encoder frames [B, T, D]; every row starts from the blank token."""
+class StepRun(Protocol):
+    """The decoding state of one batch; rows are indices into the batch given to `StepDecoder.start`."""
 
     def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Joint outputs [n, vocabulary + blank + durations] for `rows` at frames `times`."""
@@ -55,6 +52,14 @@ class StepDecoder(Protocol):
 
     def emit(self, spoken: npt.NDArray[np.bool_], tokens: npt.NDArray[np.int64]) -> None:
         """The rows of the last `scores` call selected by `spoken` emitted `tokens`: advance their state."""
+
+
+class StepDecoder(Protocol):
+    """Scores decoding steps. Shared by every thread: each batch's state lives in the `StepRun` it starts."""
+
+    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> StepRun:
+        """Begin a batch: encoder frames [B, T, D]; every row starts from the blank token."""
+        ...
 
 
 def _state_shapes(session: ort.InferenceSession) -> tuple[list[int], list[int]]:
@@ -69,21 +74,28 @@ class FusedDecoder:
         """Wrap the fused session."""
         self._session = session
         self._shapes = _state_shapes(session)
-        self._encoded = np.zeros((0, 0, 0), dtype=np.float32)
-        self._h = np.zeros((0, 0, 0), dtype=np.float32)
-        self._c = np.zeros((0, 0, 0), dtype=np.float32)
-        self._rows: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._last = np.zeros(0, dtype=np.int64)
-        self._pending: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
 
-    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
+    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> StepRun:
         """Begin a batch."""
+        return _FusedRun(self._session, self._shapes, encoded, blank)
+
+
+class _FusedRun:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        shapes: tuple[list[int], list[int]],
+        encoded: npt.NDArray[np.float32],
+        blank: int,
+    ) -> None:
         batch = encoded.shape[0]
+        self._session = session
         self._encoded = encoded
-        self._h = np.zeros((self._shapes[0][0], batch, self._shapes[0][2]), dtype=np.float32)
-        self._c = np.zeros((self._shapes[1][0], batch, self._shapes[1][2]), dtype=np.float32)
+        self._h = np.zeros((shapes[0][0], batch, shapes[0][2]), dtype=np.float32)
+        self._c = np.zeros((shapes[1][0], batch, shapes[1][2]), dtype=np.float32)
         self._last = np.full(batch, blank, dtype=np.int64)
-        self._pending = None
+        self._rows: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._pending: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
 
     def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Run the whole graph for `rows`, keeping the would-be states until `emit`."""
@@ -287,11 +299,6 @@ class NumpyDecoder:
     def __init__(self, network: _Network) -> None:
         """Wrap weights read (and checked) by `_Network.read`."""
         self._net = network
-        self._projected = np.zeros((0, 0, 0), dtype=np.float32)
-        self._pred = np.zeros((0, 0), dtype=np.float32)
-        self._h = np.zeros((0, 0, 0), dtype=np.float32)
-        self._c = np.zeros((0, 0, 0), dtype=np.float32)
-        self._rows: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
     @classmethod
     def load(cls, path: Path) -> NumpyDecoder | None:
@@ -299,13 +306,19 @@ class NumpyDecoder:
         network = _Network.read(path)
         return cls(network) if network is not None else None
 
-    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> None:
+    def start(self, encoded: npt.NDArray[np.float32], blank: int) -> StepRun:
         """Project every frame once, and run the prediction network on the start (blank) token."""
+        return _NumpyRun(self._net, encoded, blank)
+
+
+class _NumpyRun:
+    def __init__(self, network: _Network, encoded: npt.NDArray[np.float32], blank: int) -> None:
         batch = encoded.shape[0]
-        self._projected = encoded @ self._net.enc[0] + self._net.enc[1]
-        zeros = np.zeros((self._net.depth, batch, self._net.hidden), dtype=np.float32)
-        self._pred, self._h, self._c = self._net.predict(np.full(batch, blank, dtype=np.int64), zeros, zeros)
-        self._rows = np.arange(batch)
+        self._net = network
+        self._projected = encoded @ network.enc[0] + network.enc[1]
+        zeros = np.zeros((network.depth, batch, network.hidden), dtype=np.float32)
+        self._pred, self._h, self._c = network.predict(np.full(batch, blank, dtype=np.int64), zeros, zeros)
+        self._rows: npt.NDArray[np.int64] = np.arange(batch)
 
     def scores(self, rows: npt.NDArray[np.int64], times: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """The joint for `rows` at frames `times`."""
