@@ -7,15 +7,17 @@ factory and passed down. Tests pass values directly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from aviary.audio import AudioLimits, IsolatedDecoder
 
-DEFAULT_ALIASES = {"parakeet": "parakeet-tdt-0.6b-v2", "canary": "canary-1b-v2"}
+DEFAULT_MODEL = "parakeet-tdt-0.6b-v2"
+DEFAULT_ALIASES = {"canary": "canary-1b-v2"}
+"""Besides `parakeet`, which means the default model (the seed's `MODEL_NAME` set what it loads)."""
 
 
 class Settings(BaseSettings):
@@ -26,7 +28,7 @@ class Settings(BaseSettings):
     )
 
     model: str = Field(
-        default="parakeet-tdt-0.6b-v2",
+        default=DEFAULT_MODEL,
         validation_alias=AliasChoices("model", "AVIARY_MODEL", "MODEL_NAME"),  # MODEL_NAME: the seed's variable
         description="The default model: loaded at start-up.",
     )
@@ -45,7 +47,8 @@ class Settings(BaseSettings):
     threads: int = Field(default=0, ge=0, description="CPU threads per inference (0: all cores).")
     quantization: str | None = Field(default=None, description="Use `*.<quantization>.onnx` files, e.g. int8.")
     aliases: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_ALIASES), description="Short model names and what they stand for."
+        default_factory=lambda: dict(DEFAULT_ALIASES),
+        description="Short model names and their targets (`parakeet`: the default model, unless set here).",
     )
     offline: bool = Field(default=False, description="Never download; only use models already cached or on disk.")
     cache_dir: Path | None = Field(default=None, description="Hugging Face cache directory (default: HF_HOME's).")
@@ -60,6 +63,25 @@ class Settings(BaseSettings):
     decoder_processes: int = Field(default=2, ge=1, description="Idle decoder processes kept ready.")
     decoder_memory_mb: int | None = Field(
         default=None, gt=0, description="Address-space limit per decoder process (default: 1 GiB + 2x the upload cap)."
+    )
+
+    workers: int = Field(default=1, ge=1, description="Transcriptions run at the same time (each uses `threads`).")
+    max_queue: int = Field(
+        default=64, ge=0, description="Requests that may wait for a worker; past that the API answers 503 server_busy."
+    )
+    upload_dir: Path | None = Field(
+        default=None, description="Where uploads are written while they are processed (default: the system temp dir)."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys clients must send as 'Authorization: Bearer <key>' (comma-separated); none: no keys.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="Origins browsers may call the API from (comma-separated)."
+    )
+    openai_model_aliases: bool = Field(
+        default=True,
+        description="OpenAI model names (whisper-1, gpt-4o-transcribe, ...) mean the default model on /v1.",
     )
 
     def audio_limits(self) -> AudioLimits:
@@ -79,8 +101,24 @@ class Settings(BaseSettings):
 
         return IsolatedDecoder(self.audio_limits(), idle=self.decoder_processes, memory_mb=self.decoder_memory_mb)
 
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """A comma-separated string (as environment variables carry lists) is a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("aliases", mode="after")
     @classmethod
     def _keep_default_aliases(cls, aliases: dict[str, str]) -> dict[str, str]:
         """Configured aliases add to or override the defaults; they never silently drop one."""
         return {**DEFAULT_ALIASES, **aliases}
+
+    @model_validator(mode="after")
+    def _parakeet_is_the_default_model(self) -> Settings:
+        """`parakeet` stands for the configured model, as in the seed, unless configured itself."""
+        if "parakeet" not in self.aliases:
+            aliased = self.model in self.aliases or self.model == "parakeet"
+            self.aliases["parakeet"] = DEFAULT_MODEL if aliased else self.model
+        return self

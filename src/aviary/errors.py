@@ -9,7 +9,8 @@ AviaryError
 ├── RequestError                                       (also ValueError: the caller asked for something wrong)
 │   ├── UnsupportedLanguageError  unsupported_language
 │   ├── UnsupportedTaskError      unsupported_task
-│   └── InvalidOptionError        invalid_option
+│   ├── InvalidOptionError        invalid_option
+│   └── MalformedRequestError     invalid_request      (a body that is not the form it claims to be)
 ├── AudioError                                         (also ValueError: the input media is unusable)
 │   ├── EmptyFileError            empty_file
 │   ├── UnsupportedMediaError     unsupported_media    (not media; a container outside the whitelist)
@@ -25,7 +26,9 @@ AviaryError
 │   ├── AudioTooLongError         audio_too_long
 │   ├── PayloadTooLargeError      payload_too_large
 │   └── DecodeTimeoutError        decode_timeout       (also TimeoutError)
-└── InferenceError                inference_failed     (also RuntimeError: the engine failed)
+├── InferenceError                inference_failed     (also RuntimeError: the engine failed)
+├── ServerBusyError               server_busy          (every inference slot and queue place is taken)
+└── AuthenticationError           invalid_api_key      (a missing or wrong API key)
 ```
 
 Each error builds its own message from its arguments, so a raise is one line, and messages are
@@ -39,6 +42,8 @@ class AviaryError(Exception):
     """The root of every error Aviary raises on purpose."""
 
     code = "aviary_error"
+    param: str | None = None
+    """The request field the error is about, when there is one (OpenAI's `error.param`)."""
 
 
 class ModelError(AviaryError):
@@ -57,6 +62,7 @@ class ModelNotFoundError(ModelError, LookupError):
         hint = f"; known models: {', '.join(known)}" if known else ""
         super().__init__(f"The model '{model}' does not exist{hint}.")
         self.model = model
+        self.param = "model"
 
 
 class ModelUnavailableError(ModelError):
@@ -101,6 +107,7 @@ class UnsupportedLanguageError(RequestError):
             f"The model '{model}' does not support the language '{language}'; supported: {', '.join(supported)}."
         )
         self.language = language
+        self.param = "language"
 
 
 class UnsupportedTaskError(RequestError):
@@ -121,12 +128,24 @@ class InvalidOptionError(RequestError):
     def __init__(self, option: str, value: object, expected: str) -> None:
         """Name the option, the value given and what is expected."""
         super().__init__(f"Invalid {option} {value!r}: expected {expected}.")
+        self.param = option
+
+
+class MalformedRequestError(RequestError):
+    """A request body that cannot be parsed as what it claims to be."""
+
+    code = "invalid_request"
+
+    def __init__(self, reason: str) -> None:
+        """Say what is wrong with the body."""
+        super().__init__(f"The request body is malformed: {reason}.")
 
 
 class AudioError(AviaryError, ValueError):
     """The input media cannot be turned into audio."""
 
     code = "invalid_audio"
+    param = "file"
 
     @classmethod
     def rebuild(cls, kind: str, message: str) -> AudioError:
@@ -274,3 +293,24 @@ class InferenceError(AviaryError, RuntimeError):
     def __init__(self, model: str) -> None:
         """Name the model (the cause is chained, not shown)."""
         super().__init__(f"The model '{model}' failed while transcribing.")
+
+
+class ServerBusyError(AviaryError):
+    """Every inference slot and every queue place is taken; the caller should retry later."""
+
+    code = "server_busy"
+
+    def __init__(self, retry_after: int) -> None:
+        """Say when to retry, in whole seconds."""
+        super().__init__(f"The server is busy; retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+class AuthenticationError(AviaryError):
+    """The request carries no API key, or one that is not configured."""
+
+    code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        """Say how to authenticate, without echoing what was sent."""
+        super().__init__("A valid API key is required: send it as 'Authorization: Bearer <key>'.")

@@ -208,7 +208,7 @@ def to_verbose_json(
         words = transcript.words or tuple(w for s in transcript.segments for w in s.words)
         body["words"] = [{"word": w.word, "start": _seconds(w.start), "end": _seconds(w.end)} for w in words]
     if "segment" in granularities:
-        body["segments"] = [_segment_json(i, s, transcript) for i, s in enumerate(_timed_segments(transcript))]
+        body["segments"] = [_segment_json(i, s, transcript) for i, s in enumerate(timed_segments(transcript))]
     return body
 
 
@@ -256,7 +256,7 @@ def timestamp(ms: int, separator: Literal[",", "."]) -> str:
 def cues(transcript: Transcript, *, max_chars: int = MAX_CUE_CHARS) -> list[Cue]:
     """The subtitle cues of `transcript`, each at most `max_chars` long unless one word is longer."""
     out: list[Cue] = []
-    for segment in _timed_segments(transcript):
+    for segment in timed_segments(transcript):
         text = clean_cue_text(segment.text)
         words = [w for w in segment.words if clean_cue_text(w.word)]
         if len(text) <= max_chars:
@@ -282,7 +282,8 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _timed_segments(transcript: Transcript) -> tuple[Segment, ...]:
+def timed_segments(transcript: Transcript) -> tuple[Segment, ...]:
+    """The transcript's segments; one over the whole audio when it has text but no segments."""
     if transcript.segments:
         return transcript.segments
     if transcript.text.strip():

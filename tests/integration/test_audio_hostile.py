@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import pytest
 from aviary.audio import AudioLimits, IsolatedDecoder
 from aviary.audio.pyav import MediaInfo
 from aviary.types import SAMPLE_RATE
+from tests.support.hostile import hostile_files
 from tests.support.media import ENCODINGS, encode
 from tools.fixtures import speech
 
@@ -33,33 +33,6 @@ def speech_audio() -> np.ndarray:
     )
 
 
-def _wav(audio: np.ndarray) -> bytearray:
-    return bytearray(encode(audio, SAMPLE_RATE, ENCODING["wav-s16"]))
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="image2pipe") as container:
-        stream = container.add_stream("png", rate=1)
-        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
-        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), dtype=np.uint8), format="rgb24")))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def _silent_video() -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for index in range(5):
-            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
 def _flac_silence(seconds: int, rate: int = 8_000) -> bytes:
     """A FLAC of digital silence: 64k-sample frames of a few bytes each, so hours fit in tens of KB."""
     block = 65_535
@@ -72,16 +45,6 @@ def _flac_silence(seconds: int, rate: int = 8_000) -> bytes:
             frame = av.AudioFrame.from_ndarray(zeros, format="s16", layout="mono")
             frame.sample_rate, frame.pts, frame.time_base = rate, index * block, Fraction(1, rate)
             container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def _no_frames() -> bytes:
-    """A FLAC with its stream header and not one audio frame."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=16_000)
-        stream.layout = "mono"
         container.mux(stream.encode(None))
     return buffer.getvalue()
 
@@ -108,37 +71,7 @@ def _refused(decoder: IsolatedDecoder, data: bytes, tmp_path: Path, suffix: str 
 
 
 def test_garbage_is_refused_with_its_code(decoder: IsolatedDecoder, speech_audio: np.ndarray, tmp_path: Path) -> None:
-    wav = _wav(speech_audio)
-    absurd = bytearray(wav)
-    absurd[4:8] = absurd[40:44] = struct.pack("<I", 0xFFFFFFFF)
-    absurd_fmt = bytearray(wav)
-    absurd_fmt[16:20] = struct.pack("<I", 0x7FFFFFF0)
-    channels = bytearray(wav)
-    channels[22:24] = struct.pack("<H", 255)
-    rate = bytearray(wav)
-    rate[24:28] = struct.pack("<I", 10_000_000)
-    mp3 = encode(speech_audio, SAMPLE_RATE, ENCODING["mp3-44k-stereo"])
-    flac = encode(speech_audio, SAMPLE_RATE, ENCODING["flac-48k-5.1"])
-    cases = {
-        "random bytes": (np.random.default_rng(1).bytes(1 << 16), "unsupported_media"),
-        "empty file": (b"", "empty_file"),
-        "text renamed .wav": (b"this is a text file, not audio\n" * 200, "unsupported_media"),
-        "png renamed .wav": (_png(), "unsupported_media"),
-        "wav header only": (bytes(wav[:44]), "invalid_audio"),
-        "wav absurd chunk sizes": (bytes(absurd), "invalid_audio"),
-        "wav absurd fmt chunk": (bytes(absurd_fmt), "invalid_audio"),
-        "truncated mp3": (mp3[: len(mp3) * 2 // 5], "invalid_audio"),
-        "truncated flac": (flac[: len(flac) * 2 // 5], "invalid_audio"),
-        "video without audio": (_silent_video(), "invalid_audio"),
-        "zero samples": (_no_frames(), "invalid_audio"),
-        "255 channels": (bytes(channels), "unsupported_media"),
-        "10 MHz": (bytes(rate), "unsupported_media"),
-        "hls playlist": (
-            b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
-            "unsupported_media",
-        ),
-        "ffconcat": (b"ffconcat version 1.0\nfile '/etc/passwd'\n", "unsupported_media"),
-    }
+    cases = hostile_files(speech_audio)
     codes = {name: _refused(decoder, data, tmp_path) for name, (data, _) in cases.items()}
     assert codes == {name: code for name, (_, code) in cases.items()}
     assert _refused(decoder, cases["hls playlist"][0], tmp_path, ".m3u8") == "unsupported_media"

@@ -17,22 +17,31 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from aviary.config import Settings
+    from aviary.engine.registry import Registry
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for `settings` (by default read from the environment when the app starts)."""
-    from aviary.api import seed
+def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
+    """The app for `settings` (by default read from the environment, once, here).
+
+    `registry` replaces the one built from `settings` (tests pass one whose loader makes fakes).
+    """
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from aviary.api import errors, openai, seed, transcribe
+    from aviary.api.auth import ApiKeyMiddleware
+    from aviary.config import Settings
+
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import asyncio
 
         from aviary.api.service import Service
-        from aviary.config import Settings
 
-        service = Service(settings or Settings())
+        service = Service(settings, registry)
         app.state.service = service
         service.start()
         try:
@@ -43,5 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Aviary", version=__version__, summary="Speech-to-text for Parakeet and Canary", lifespan=lifespan
     )
+    errors.install(app)
     app.include_router(seed.router)
+    app.include_router(transcribe.router)
+    app.include_router(openai.router)
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    # Added last, so outermost: preflights are answered before the key check. No credentials (the seed's default).
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     return app

@@ -7,6 +7,7 @@ client stops unless it is true, the smoke script waits while it is false).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -26,7 +27,7 @@ def _service(request: Request) -> Service:
 
 
 @router.get("/", summary="API information and links")
-def root(request: Request) -> dict[str, Any]:
+async def root(request: Request) -> dict[str, Any]:
     """Service, version, the seed's two model names (with what they stand for), languages, endpoints."""
     service = _service(request)
     loaded = {engine.info.name for engine in service.loaded()}
@@ -55,13 +56,20 @@ def root(request: Request) -> dict[str, Any]:
             "job_status": "/jobs/{job_id}/status",
             "job_result": "/jobs/{job_id}/result",
             "job_cancel": "/jobs/{job_id}/cancel",
+            "openai_transcriptions": "/v1/audio/transcriptions",
+            "openai_translations": "/v1/audio/translations",
+            "openai_models": "/v1/models",
         },
     }
 
 
 @router.get("/health", summary="Whether the default model is loaded")
-def health(request: Request) -> dict[str, Any]:
-    """`status` is `healthy`, `loading` or `degraded` (with `reason`); `model_loaded` as the seed's clients read it."""
+async def health(request: Request) -> dict[str, Any]:
+    """`status` is `healthy`, `loading` or `degraded` (with `reason`); `model_loaded` as the seed's clients read it.
+
+    `queue` says how many transcriptions run (`running`, at most `workers`) and wait (`waiting`, at most
+    `max_queue` before requests are refused). Answered on the event loop, never behind inference.
+    """
     service = _service(request)
     state = service.health()
     return {
@@ -71,4 +79,5 @@ def health(request: Request) -> dict[str, Any]:
         "device": state.device,
         "reason": state.reason,
         "loaded_models": sorted(engine.info.name for engine in service.loaded()),
+        "queue": asdict(service.load()),
     }

@@ -1,24 +1,49 @@
-"""What the server holds while it runs: the registry, the audio decoder, and the default model's state.
+"""What the server holds while it runs: registry, decoder, default model's state, admission of work.
 
 The default model loads in a worker thread at start-up, so `/health` answers at once: `loading`,
 then `healthy`, or `degraded` with the reason (offline and not cached, a broken model directory).
+
+Every transcription request is admitted before its body is read: `workers` run at once (in threads,
+never on the event loop) and `max_queue` more wait; past that the request is refused with
+`ServerBusyError` (503, `Retry-After` from the recent time per request), so load turns into
+refusals, never into unbounded memory.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from aviary.engine.registry import Registry
-from aviary.errors import AviaryError
+import anyio
+import anyio.to_thread
+
+from aviary.engine.registry import KNOWN, Registry
+from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
     from aviary.audio import IsolatedDecoder
     from aviary.config import Settings
     from aviary.engine.base import Engine
+    from aviary.types import TranscribeOptions, Transcript
 
 Status = Literal["loading", "healthy", "degraded"]
+
+
+@dataclass(frozen=True)
+class Load:
+    """Requests admitted now: running on a worker, waiting for one, and the most that may wait."""
+
+    running: int
+    waiting: int
+    workers: int
+    max_queue: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,13 @@ class Service:
         self._lock = threading.Lock()
         self._health = Health("loading", self._default_name())
         self._loader: threading.Thread | None = None
+        self.started = int(time.time())
+        """When this server began serving (Unix seconds)."""
+        self._admitted = 0
+        self._running = 0
+        self._seconds_per_request = 1.0  # a moving average, for Retry-After
+        self._inference = anyio.CapacityLimiter(settings.workers)
+        self._io = anyio.CapacityLimiter(max(settings.decoder_processes, settings.workers))
 
     def _default_name(self) -> str:
         try:
@@ -73,6 +105,59 @@ class Service:
     def loaded(self) -> list[Engine]:
         """Models loaded so far."""
         return self.registry.loaded()
+
+    def load(self) -> Load:
+        """How many requests run and wait now."""
+        return Load(self._running, self._admitted - self._running, self.settings.workers, self.settings.max_queue)
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place for one request (call on the event loop), or refuse it when every place is taken.
+
+        Raises:
+            ServerBusyError: `workers + max_queue` requests are already admitted.
+        """
+        settings = self.settings
+        if self._admitted >= settings.workers + settings.max_queue:
+            waves = (self._admitted - self._running) / settings.workers + 1
+            raise ServerBusyError(max(1, math.ceil(waves * self._seconds_per_request)))
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    def api_model(self, name: str) -> str:
+        """The model an API request may name: an alias, a registry name, or the configured default.
+
+        Clients cannot make the server load arbitrary directories or hub repositories.
+
+        Raises:
+            ModelNotFoundError: any other name.
+        """
+        allowed = {*self.settings.aliases, *KNOWN, self.settings.model}
+        if name.strip() not in allowed:
+            raise ModelNotFoundError(name, tuple(sorted({*self.settings.aliases, *KNOWN})))
+        return name.strip()
+
+    async def engine(self, name: str) -> Engine:
+        """The loaded engine for `name` (loading it in a thread on first use)."""
+        return await anyio.to_thread.run_sync(self.registry.get, name, limiter=self._io)
+
+    async def transcribe(self, engine: Engine, path: Path, options: TranscribeOptions) -> Transcript:
+        """Decode the file at `path` and transcribe it, both off the event loop."""
+        engine.info.check(options)
+        audio = await anyio.to_thread.run_sync(self.decoder.decode, path, limiter=self._io)
+        async with self._inference:
+            self._running += 1
+            started = time.monotonic()
+            try:
+                transcripts = await anyio.to_thread.run_sync(engine.transcribe, [audio], [options])
+            finally:
+                self._running -= 1
+                elapsed = time.monotonic() - started
+                self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * elapsed
+        return transcripts[0]
 
     def close(self, timeout: float = 30.0) -> None:
         """Wait briefly for a load in progress, then release the models and the decoder processes."""

@@ -1,0 +1,147 @@
+"""The OpenAI-compatible API: `/v1/audio/transcriptions`, `/v1/audio/translations`, `/v1/models`.
+
+Clients of OpenAI's audio API work by changing only the base URL. Bodies follow the official schemas
+(`spec/openai-audio-schemas.yaml`): `json`, `verbose_json`, and `text`/`srt`/`vtt` as plain bodies.
+`whisper-1` and OpenAI's other transcription model names mean the default model while
+`openai_model_aliases` is on; any other unknown model is 404 `model_not_found`. `prompt` and
+`temperature` are accepted and unused (greedy decoding, no prompting). Translations go to English,
+and Canary needs the spoken `language` to translate (it does not detect it).
+
+`stream=true` answers with server-sent events: one `transcript.text.delta` per segment, then
+`transcript.text.done` with the whole text. The events are sent once the transcript is ready;
+per-chunk events as long audio is transcribed come with long-form transcription (TODO(#7)).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from aviary.api.schemas import ModelList, ModelObject, OpenAIForm, multipart_body, validate_form
+from aviary.api.transcribe import ERRORS, admitted_upload
+from aviary.engine.registry import KNOWN
+from aviary.errors import InvalidOptionError, ModelNotFoundError
+from aviary.formats import media_type, parse_format, render, timed_segments
+from aviary.types import Task, TranscribeOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from aviary.api.service import Service
+    from aviary.engine.base import Engine
+    from aviary.types import Transcript
+
+router = APIRouter(prefix="/v1")
+
+OPENAI_MODELS: Final = frozenset(
+    {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"}
+)
+"""OpenAI's audio model names, which mean the default model while `openai_model_aliases` is on."""
+_LANGUAGE: Final = re.compile(r"[a-z]{2,3}")
+_STREAMABLE: Final = frozenset({"json", "text"})
+
+
+def _responses() -> dict[int | str, dict[str, object]]:
+    text: dict[str, object] = {"schema": {"type": "string"}}
+    content = {"application/json": {}, "text/plain": text, "text/vtt": text, "text/event-stream": text}
+    ok: dict[str, object] = {"description": "The transcript in `response_format`", "content": content}
+    return {**ERRORS, 200: ok}
+
+
+@router.post(
+    "/audio/transcriptions",
+    summary="Transcribe audio (OpenAI-compatible)",
+    responses=_responses(),
+    openapi_extra=multipart_body(OpenAIForm),
+)
+async def transcriptions(request: Request) -> Response:
+    """Transcribe `file` into its own language."""
+    return await _run(request, "transcribe")
+
+
+@router.post(
+    "/audio/translations",
+    summary="Translate audio into English (OpenAI-compatible)",
+    responses=_responses(),
+    openapi_extra=multipart_body(OpenAIForm),
+)
+async def translations(request: Request) -> Response:
+    """Transcribe `file` into English."""
+    return await _run(request, "translate")
+
+
+@router.get("/models", summary="Models this server can serve", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    """The default model, the registry names and the aliases."""
+    service: Service = request.app.state.service
+    names = dict.fromkeys([service.settings.model, *service.settings.aliases, *KNOWN])
+    return ModelList(data=[_model(name, service.started) for name in names])
+
+
+@router.get("/models/{model_id:path}", summary="One model", response_model=ModelObject, responses=ERRORS)
+async def get_model(request: Request, model_id: str) -> ModelObject:
+    """The model `model_id`, or 404 `model_not_found`."""
+    service: Service = request.app.state.service
+    if model_id in OPENAI_MODELS and service.settings.openai_model_aliases:
+        return _model(model_id, service.started)
+    return _model(service.api_model(model_id), service.started)
+
+
+def _model(name: str, created: int) -> ModelObject:
+    """`created` is when this server began serving: models here have no publication date to report."""
+    owner = "nvidia" if name in KNOWN or name in {"parakeet", "canary"} else "aviary"
+    return ModelObject(id=name, created=created, owned_by=owner)
+
+
+async def _run(request: Request, task: Task) -> Response:
+    async with admitted_upload(request) as (service, form):
+        fields, upload = validate_form(OpenAIForm, form)
+        fmt = parse_format(fields.response_format)
+        if fields.stream and fmt not in _STREAMABLE:
+            raise InvalidOptionError(option="stream", value=True, expected=f"false with response_format {fmt}")
+        engine = await service.engine(_model_name(service, fields.model))
+        options = _options(engine, fields, task)
+        engine.info.check(options)
+        transcript = await service.transcribe(engine, upload.path, options)
+    if fields.stream:
+        return StreamingResponse(_events(transcript), media_type="text/event-stream")
+    body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities)
+    return Response(body, media_type=media_type(fmt))
+
+
+def _model_name(service: Service, requested: str) -> str:
+    if requested in OPENAI_MODELS:
+        if not service.settings.openai_model_aliases:
+            raise ModelNotFoundError(requested)
+        return service.settings.model
+    return service.api_model(requested)
+
+
+def _options(engine: Engine, fields: OpenAIForm, task: Task) -> TranscribeOptions:
+    language = fields.language.strip().lower() if fields.language else None
+    if language is not None and not _LANGUAGE.fullmatch(language):
+        raise InvalidOptionError(option="language", value=fields.language, expected="an ISO-639-1 code such as 'en'")
+    if engine.info.family == "aed" and language is None:
+        if task == "translate":
+            raise InvalidOptionError(
+                option="language", value=None, expected="the spoken language: Canary needs it to translate"
+            )
+        language = "en"
+    if task == "translate":
+        return TranscribeOptions(language=language, task="translate", target_language="en")
+    return TranscribeOptions(language=language)
+
+
+def _events(transcript: Transcript) -> Iterator[str]:
+    for index, segment in enumerate(timed_segments(transcript)):
+        delta = segment.text if index == 0 else " " + segment.text
+        yield _event({"type": "transcript.text.delta", "delta": delta})
+    yield _event({"type": "transcript.text.done", "text": transcript.text})
+
+
+def _event(data: dict[str, str]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -1,0 +1,107 @@
+"""The original server's `POST /transcribe`: same form fields, checks in the same order, same result.
+
+The seed checked the model, then the language, then the file; Aviary keeps that order (after the
+body is read and the form validated, as FastAPI did). Parakeet echoes any `language` back as given;
+Canary checks it against its languages and defaults to English. Words (with confidences) are added
+when `include_words` is set; segment text is always filled in.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+
+from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, SeedSegment, SeedWord, multipart_body, validate_form
+from aviary.api.uploads import receive_form
+from aviary.formats import timed_segments
+from aviary.types import TranscribeOptions
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aviary.api.service import Service
+    from aviary.api.uploads import Form
+    from aviary.engine.base import Engine
+    from aviary.types import Transcript
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Unknown model or language, or media that cannot be used (empty_file, unsupported_media, invalid_audio, "
+        "decode_timeout, model_not_found, unsupported_language)",
+        401: "invalid_api_key (when API keys are configured)",
+        413: "payload_too_large or audio_too_long",
+        422: "A missing file or an invalid field (FastAPI's detail list)",
+        500: "inference_failed, or internal_error with a request id",
+        503: "server_busy (with Retry-After) or model_unavailable",
+    }.items()
+}
+
+
+@router.post(
+    "/transcribe",
+    summary="Transcribe an uploaded file",
+    response_model=SeedResult,
+    response_model_exclude_none=False,
+    responses=ERRORS,
+    openapi_extra=multipart_body(SeedForm),
+)
+async def transcribe(request: Request) -> SeedResult:
+    """Transcribe the `file` field with `model`; segments unless `include_timestamps` is false."""
+    async with admitted_upload(request) as (service, form):
+        fields, upload = validate_form(SeedForm, form)
+        engine = await service.engine(service.api_model(fields.model))
+        options, language = seed_options(engine, fields.language)
+        engine.info.check(options)
+        transcript = await service.transcribe(engine, upload.path, options)
+    return seed_result(transcript, fields, filename=upload.filename, language=language)
+
+
+@asynccontextmanager
+async def admitted_upload(request: Request) -> AsyncIterator[tuple[Service, Form]]:
+    """A place in the queue (or 503 at once), then the body read into a form; the upload is removed on exit."""
+    service: Service = request.app.state.service
+    settings = service.settings
+    with service.admit():
+        async with receive_form(request, limit=settings.max_upload_bytes, directory=settings.upload_dir) as form:
+            yield service, form
+
+
+def seed_options(engine: Engine, language: str | None) -> tuple[TranscribeOptions, str | None]:
+    """The options for the seed's `language` field, and the language the result reports."""
+    if engine.info.family == "aed":  # Canary: the language is the prompt's source and target
+        language = language or "en"
+        return TranscribeOptions(language=language), language
+    return TranscribeOptions(), language  # Parakeet: detects the language; the field is echoed back
+
+
+def seed_result(transcript: Transcript, fields: SeedForm, *, filename: str, language: str | None) -> SeedResult:
+    """The seed's result body for `transcript`."""
+    segments = (
+        [SeedSegment(start=_ms(s.start), end=_ms(max(s.end, s.start)), text=s.text) for s in timed_segments(transcript)]
+        if fields.include_timestamps
+        else []
+    )
+    words = None
+    if fields.include_words:
+        every = transcript.words or tuple(w for s in transcript.segments for w in s.words)
+        words = [SeedWord(word=w.word, start=_ms(w.start), end=_ms(w.end), confidence=w.confidence) for w in every]
+    return SeedResult(
+        text=transcript.text,
+        segments=segments,
+        filename=filename,
+        timestamp=datetime.now(UTC).isoformat(),
+        model=fields.model,
+        language=language,
+        duration=_ms(transcript.duration),
+        words=words,
+    )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds, 3)

@@ -1,0 +1,196 @@
+"""The app in process with a fake engine: keys, CORS, load shedding, failures, and malformed bodies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from aviary.api import create_app
+from aviary.config import Settings
+from aviary.engine.registry import Registry
+from aviary.testing import FakeEngine
+from tests.support.media import ENCODINGS, encode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    import httpx2
+
+    from aviary.engine.base import Engine
+    from aviary.engine.registry import Source
+
+WAV = next(e for e in ENCODINGS if e.name == "wav-s16")
+TONE = encode((0.1 * np.sin(np.arange(16_000) * 0.05)).astype(np.float32), 16_000, WAV)
+
+
+def _client(tmp_path: Path, engine: FakeEngine, **settings: object) -> TestClient:
+    values: dict[str, Any] = {
+        "model": str(tmp_path),
+        "upload_dir": tmp_path / "uploads",
+        "decoder_processes": 1,
+        **settings,
+    }
+    config = Settings(**values)
+
+    def load(source: Source, path: Path) -> Engine:
+        del source, path
+        return engine
+
+    return TestClient(create_app(config, registry=Registry(config, loader=load)), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[TestClient]:
+    with _client(tmp_path, FakeEngine(text=lambda _: "hello there world")) as client:
+        yield client
+
+
+def _post(client: TestClient, path: str = "/transcribe", **headers: str) -> httpx2.Response:
+    data = {"model": "whisper-1"} if path.startswith("/v1/") else {}
+    return client.post(path, files={"file": ("a.wav", TONE)}, data=data, headers=headers)
+
+
+def test_api_keys_guard_everything_but_health_and_docs(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    with _client(tmp_path, engine, api_keys="key-one, key-two") as client:
+        for path in ("/health", "/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        for headers in (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "key-one"},
+            {"Authorization": "Basic key-one"},
+        ):
+            response = _post(client, **headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert client.get("/v1/models", headers=headers).status_code == 401
+        assert _post(client, Authorization="Bearer key-two").status_code == 200
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="key-one", http_client=client, max_retries=0)
+        assert sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", TONE)).text == "hello world"
+        wrong = openai.OpenAI(base_url="http://testserver/v1", api_key="key-three", http_client=client, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as error:
+            wrong.models.list()
+        assert error.value.code == "invalid_api_key"
+    assert len(engine.calls) == 2
+
+
+def test_cors_preflight_is_answered_without_a_key(tmp_path: Path) -> None:
+    with _client(tmp_path, FakeEngine(), api_keys="k", cors_origins="https://app.example") as client:
+        headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        response = client.options("/v1/audio/transcriptions", headers=headers)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        response = client.options("/v1/audio/transcriptions", headers={**headers, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+
+
+def _until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(tmp_path: Path) -> None:
+    release = threading.Event()
+    engine = FakeEngine(text=lambda _: "slow" if release.wait(60) else "never")
+    with _client(tmp_path, engine, workers=1, max_queue=1) as client:
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(_post(client).status_code)) for _ in range(2)]
+        try:
+            for thread in threads:
+                thread.start()
+            expected = {"running": 1, "waiting": 1, "workers": 1, "max_queue": 1}
+            _until(lambda: client.get("/health").json()["queue"] == expected)  # answered while inference runs
+            busy = _post(client)
+            assert busy.status_code == 503
+            assert busy.json()["error"]["code"] == "server_busy"
+            assert int(busy.headers["retry-after"]) >= 1
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join()
+        assert results == [200, 200]
+        assert client.get("/health").json()["queue"]["running"] == 0
+
+
+def test_an_engine_failure_is_500_and_an_unexpected_one_hides_its_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _client(tmp_path, FakeEngine(fail=True)) as client:
+        response = _post(client)
+        assert (response.status_code, response.json()["error"]["code"]) == (500, "inference_failed")
+
+    def explode(_: object) -> str:
+        message = "secret internal detail /srv/models"
+        raise RuntimeError(message)
+
+    with _client(tmp_path, FakeEngine(text=explode)) as client, caplog.at_level(logging.ERROR, "aviary.api"):
+        response = _post(client, "/v1/audio/transcriptions")
+    body = response.json()
+    assert (response.status_code, body["error"]["code"], body["error"]["type"]) == (
+        500,
+        "internal_error",
+        "server_error",
+    )
+    request_id = response.headers["x-request-id"]
+    assert request_id in body["detail"]
+    assert "secret" not in response.text
+    assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code"),
+    [
+        (
+            b"--xx\r\nContent-Type: text/plain\r\n\r\nhi\r\n--xx--\r\n",
+            "multipart/form-data; boundary=xx",
+            "invalid_request",
+        ),
+        (b"whatever", "multipart/form-data", "invalid_request"),
+        (b"x" * 100, "application/octet-stream", "invalid_request"),
+    ],
+    ids=["part without a name", "no boundary", "not a form"],
+)
+def test_malformed_bodies_are_4xx(app: TestClient, body: bytes, content_type: str, code: str) -> None:
+    response = app.post("/transcribe", content=body, headers={"Content-Type": content_type})
+    assert response.status_code in {400, 422}
+    assert response.json()["error"]["code"] == code
+
+
+def test_text_fields_are_bounded(app: TestClient) -> None:
+    many = {f"field{i}": "x" for i in range(100)}
+    response = app.post("/transcribe", files={"file": ("a.wav", TONE)}, data=many)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    response = app.post("/transcribe", files={"file": ("a.wav", TONE)}, data={"language": "x" * 70_000})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    assert app.post("/transcribe", content=b"", headers={"Content-Length": "nan"}).status_code == 400
+
+
+def test_the_first_file_is_used_and_others_are_ignored(app: TestClient, tmp_path: Path) -> None:
+    files = [("file", ("a.wav", TONE)), ("file", ("b.wav", b"junk")), ("other", ("c.bin", b"junk"))]
+    response = app.post("/transcribe", files=files)
+    assert (response.status_code, response.json()["filename"]) == (200, "a.wav")
+    assert not any((tmp_path / "uploads").iterdir())
+
+
+def test_openapi_documents_every_field_and_error(app: TestClient) -> None:
+    schema = app.get("/openapi.json").json()
+    seed = schema["paths"]["/transcribe"]["post"]
+    fields = seed["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"file", "model", "language", "include_timestamps", "include_words"} <= set(fields)
+    assert {"400", "401", "413", "422", "500", "503"} <= set(seed["responses"])
+    fields = schema["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"file", "model", "response_format", "timestamp_granularities", "stream"} <= set(
+        fields["schema"]["properties"]
+    )

@@ -1,0 +1,72 @@
+"""A real server process (`aviary serve`, `uvicorn app:app`) on an ephemeral port, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+AVIARY = str(Path(sys.executable).with_name("aviary"))
+UVICORN = str(Path(sys.executable).with_name("uvicorn"))
+
+
+def free_port() -> int:
+    """A port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET `path` and parse the JSON answer."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+@contextmanager
+def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `command` until it answers `/health`; stop it with SIGINT (a graceful stop, so coverage sees it)."""
+    environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu", **env}
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get_json(port, "/health")
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def until_settled(port: int) -> list[dict[str, Any]]:
+    """Every `/health` body until the default model is no longer loading."""
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, body = get_json(port, "/health")
+        assert status == 200
+        seen.append(body)
+        if body["status"] != "loading":
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(seen[-1])
