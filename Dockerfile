@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# Aviary on an NVIDIA CUDA runtime: onnxruntime-gpu (CUDA, falling back to the CPU without --gpus).
+#   docker build -t aviary .                     the ONNX engine (default target)
+#   docker build -t aviary-nemo --target nemo .  plus NeMo and CUDA torch, for .nemo files and nvidia/* models
+#   docker run -p 8000:8000 --gpus all -v aviary-models:/data aviary
+ARG CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_IMAGE} AS base
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# Unpinned apt packages: the CUDA base image fixes the distribution release, and its python3 is what it ships.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY requirements/server.txt requirements/server.txt
+COPY scripts/install-server scripts/install-server
+COPY src src
+RUN scripts/install-server /opt/aviary
+RUN useradd --create-home --uid 10001 --user-group aviary \
+    && mkdir -p /data/hf /data/uploads \
+    && chown -R 10001:10001 /data
+ENV PATH=/opt/aviary/bin:$PATH \
+    HF_HOME=/data/hf \
+    AVIARY_UPLOAD_DIR=/data/uploads \
+    AVIARY_HOST=0.0.0.0 \
+    AVIARY_PORT=8000
+WORKDIR /home/aviary
+EXPOSE 8000
+VOLUME ["/data"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', os.environ['AVIARY_PORT']), timeout=4)"]
+
+FROM base AS nemo
+USER 0
+# The versions the test suite runs NeMo with (torch from PyPI is its CUDA build on Linux).
+COPY requirements/lock.txt /src/requirements/lock.txt
+RUN /opt/aviary/bin/pip install --no-cache-dir --constraint /src/requirements/lock.txt torch "nemo_toolkit[asr]"
+ENV AVIARY_ENGINE=nemo
+USER 10001:10001
+CMD ["aviary", "serve"]
+
+FROM base AS onnx
+USER 10001:10001
+CMD ["aviary", "serve"]

@@ -1,0 +1,87 @@
+"""The Docker image, checked without a Docker engine: hadolint, its build context, and its install steps run."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.fixtures import AUDIO, MODELS
+from tests.support.server import ROOT, free_port, server, until_settled
+from tools.server_requirements import server_pins
+
+HADOLINT = Path(sys.executable).with_name("hadolint")
+
+
+def test_hadolint_passes() -> None:
+    done = subprocess.run(
+        [str(HADOLINT), "--failure-threshold", "info", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (its last matching pattern decides)."""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern.removeprefix("!").rstrip("/")
+        if fnmatch.fnmatch(path, body) or path.startswith(body + "/"):
+            ignored = not negated
+    return ignored
+
+
+def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    copies = [
+        line.split()[1:-1]
+        for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if line.startswith("COPY ")
+    ]
+    sources = [source for sources in copies for source in sources]
+    assert "src" in sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not _ignored(source, patterns), source
+    assert _ignored("tests/fixtures/models/parakeet-digits/encoder-model.onnx", patterns)
+    assert _ignored(".venv/bin/python", patterns)
+
+
+def test_the_server_requirements_are_the_locks_runtime_closure() -> None:
+    lock = (ROOT / "requirements" / "lock.txt").read_text(encoding="utf-8")
+    assert (ROOT / "requirements" / "server.txt").read_text(encoding="utf-8") == server_pins(lock)
+    pins = (ROOT / "requirements" / "server.txt").read_text(encoding="utf-8")
+    for absent in ("torch", "nemo", "pytest", "openai"):
+        assert f"\n{absent}" not in pins.lower()
+
+
+@pytest.mark.slow
+def test_the_images_install_steps_give_a_working_server(tmp_path: Path) -> None:
+    """scripts/install-server, as the Dockerfile runs it (with the CPU onnxruntime), then the server it installs."""
+    prefix = tmp_path / "aviary"
+    python = shutil.which("python3.11") or sys.executable
+    env = {**os.environ, "PYTHON": python, "ONNXRUNTIME": "onnxruntime"}
+    subprocess.run([str(ROOT / "scripts" / "install-server"), str(prefix)], env=env, check=True, timeout=900)
+    check = subprocess.run([str(prefix / "bin" / "pip"), "check"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout
+    port = free_port()
+    command = [str(prefix / "bin" / "aviary"), "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
+    with server(command, port, {"PYTHONPATH": ""}):
+        assert until_settled(port)[-1]["status"] == "healthy"
+        with (AUDIO / "en-digits-3.wav").open("rb") as file:
+            response = requests.post(f"http://127.0.0.1:{port}/transcribe", files={"file": file}, timeout=60)
+    assert response.json()["text"] == "three one four"
