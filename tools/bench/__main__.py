@@ -14,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "cuda", "clips", "audio"),
+        choices=("engines", "cuda", "clips", "audio", "server"),
         help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
-        " audio: decoding vs the ffmpeg CLI (--minutes)",
+        " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads",
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also an int8-quantized encoder (and its WER cost)")
     parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
     parser.add_argument("--nemo-only", action="store_true", help="only Aviary vs NeMo, at batch 1 and --batch")
+    parser.add_argument("--concurrent", type=int, default=32, help="server: uploads at once")
     parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
     parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     from tools.bench import audio as audio_bench
     from tools.bench import clips, cuda, engines
 
+    if args.benchmark == "server":
+        from tools.bench import server
+
+        return _emit(
+            server.run(args.model, threads=args.threads, rounds=args.rounds, concurrent=args.concurrent), args.out
+        )
     if args.benchmark == "audio":
         return _emit(audio_bench.run(args.minutes, args.rounds), args.out)
     if args.benchmark == "clips":
