@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from tests.support.server import Running
+
 
 @pytest.fixture(scope="module")
 def decoder() -> Iterator[IsolatedDecoder]:
@@ -32,6 +34,7 @@ class Api:
     port: int
     upload_dir: Path
     max_upload_bytes: int
+    running: Running
 
     @property
     def url(self) -> str:
@@ -54,6 +57,6 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "HF_HOME": str(tmp_path_factory.mktemp("hf")),
     }
     command = [AVIARY, "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
-    with server(command, port, env):
+    with server(command, port, env) as running:
         assert until_settled(port)[-1]["status"] == "healthy"
-        yield Api(port, uploads, limit)
+        yield Api(port, uploads, limit, running)

@@ -221,6 +221,11 @@ def test_an_abandoned_upload_leaves_nothing_behind(api: Api) -> None:
     part = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + bytes(1 << 20)
     _raw(api, _head(api, 3 << 20), part, close=True)  # promises 3 MB, sends 1 MB, hangs up
     assert get_json(api.port, "/health")[1]["status"] == "healthy"
+    deadline = time.monotonic() + 10
+    while "the client disconnected" not in api.running.log():
+        assert time.monotonic() < deadline, api.running.log()[-2000:]
+        time.sleep(0.05)
+    assert "Traceback" not in api.running.log()
 
 
 @pytest.mark.usefixtures("clean_uploads")

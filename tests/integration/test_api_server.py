@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def test_aviary_serve_loads_the_default_model_and_reports_it() -> None:
     port = free_port()
     model = str(MODELS / "parakeet-digits")
-    with server([AVIARY, "serve", "--port", str(port), "--model", model], port, {}) as process:
+    with server([AVIARY, "serve", "--port", str(port), "--model", model], port, {}) as running:
         seen = until_settled(port)
         assert {b["status"] for b in seen[:-1]} <= {"loading"}
         assert all(b["model_loaded"] is False for b in seen[:-1])
@@ -35,10 +35,9 @@ def test_aviary_serve_loads_the_default_model_and_reports_it() -> None:
         assert "en" in info["supported_languages"]
         assert info["endpoints"]["health"] == "/health"
         assert get_json(port, "/openapi.json")[1]["info"]["title"] == "Aviary"
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-        assert process.stderr is not None
-        assert "Application shutdown complete." in process.stderr.read().decode()
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(timeout=30) == 0
+        assert "Application shutdown complete." in running.log()
 
 
 def test_a_model_that_cannot_load_is_degraded_with_its_reason(tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,27 +37,40 @@ def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
         return response.status, json.loads(response.read())
 
 
+@dataclass
+class Running:
+    """A started server process and its log (stderr, kept in a file so it never blocks the server)."""
+
+    process: subprocess.Popen[bytes]
+    log_file: BinaryIO
+
+    def log(self) -> str:
+        """Everything the server has logged so far."""
+        self.log_file.seek(0)
+        return self.log_file.read().decode(errors="replace")
+
+
 @contextmanager
-def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[Running]:
     """Run `command` until it answers `/health`; stop it with SIGINT (a graceful stop, so coverage sees it)."""
     environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu", **env}
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                get_json(port, "/health")
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.2)
-        yield process
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=log)
+        running = Running(process, log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    get_json(port, "/health")
+                    break
+                except OSError:
+                    assert process.poll() is None, running.log()
+                    assert time.monotonic() < deadline, "the server did not start"
+                    time.sleep(0.2)
+            yield running
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
 
 
 def until_settled(port: int) -> list[dict[str, Any]]:

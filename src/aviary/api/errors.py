@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from aviary.errors import (
     AudioTooLongError,
@@ -111,6 +112,13 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(message, code, exc.status_code), exc.status_code, headers=exc.headers)
 
 
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    """The client went away mid-request (an abandoned upload): nothing to report, nobody to answer."""
+    del exc
+    logger.info("%s %s: the client disconnected", request.method, request.url.path)
+    return JSONResponse(error_body("The client disconnected.", "client_disconnected", 400), 400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = uuid.uuid4().hex
     logger.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
@@ -123,4 +131,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AviaryError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -73,7 +73,6 @@ class Service:
         self._running = 0
         self._seconds_per_request = 1.0  # a moving average, for Retry-After
         self._inference = anyio.CapacityLimiter(settings.workers)
-        self._io = anyio.CapacityLimiter(max(settings.decoder_processes, settings.workers))
 
     def _default_name(self) -> str:
         try:
@@ -142,16 +141,20 @@ class Service:
 
     async def engine(self, name: str) -> Engine:
         """The loaded engine for `name` (loading it in a thread on first use)."""
-        return await anyio.to_thread.run_sync(self.registry.get, name, limiter=self._io)
+        return await anyio.to_thread.run_sync(self.registry.get, name)  # the registry loads each model once
 
     async def transcribe(self, engine: Engine, path: Path, options: TranscribeOptions) -> Transcript:
-        """Decode the file at `path` and transcribe it, both off the event loop."""
+        """Decode the file at `path` and transcribe it, both off the event loop.
+
+        Decoding happens inside the worker slot, so decoded audio is held for at most `workers`
+        requests at once: waiting requests hold only their upload, on disk.
+        """
         engine.info.check(options)
-        audio = await anyio.to_thread.run_sync(self.decoder.decode, path, limiter=self._io)
         async with self._inference:
             self._running += 1
             started = time.monotonic()
             try:
+                audio = await anyio.to_thread.run_sync(self.decoder.decode, path)
                 transcripts = await anyio.to_thread.run_sync(engine.transcribe, [audio], [options])
             finally:
                 self._running -= 1
