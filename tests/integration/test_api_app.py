@@ -190,6 +190,9 @@ def test_openapi_documents_every_field_and_error(app: TestClient) -> None:
     fields = seed["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"file", "model", "language", "include_timestamps", "include_words"} <= set(fields)
     assert {"400", "401", "413", "422", "500", "503"} <= set(seed["responses"])
+    components = schema["components"]["schemas"]
+    assert components["SeedResult"]["examples"][0]["segments"]
+    assert components["ErrorResponse"]["examples"][0]["error"]["code"] == "unsupported_media"
     fields = schema["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert {"file", "model", "response_format", "timestamp_granularities", "stream"} <= set(
         fields["schema"]["properties"]

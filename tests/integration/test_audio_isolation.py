@@ -38,16 +38,17 @@ def decoder() -> Iterator[IsolatedDecoder]:
 
 
 def _children() -> set[int]:
-    """Process ids of this process's live children."""
+    """Process ids of this process's live decoder children (other children, such as servers, are not counted)."""
     me = str(os.getpid())
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if fields[1] == me and fields[0] != "Z":
+            if fields[1] == me and fields[0] != "Z" and b"aviary.audio.worker" in command:
                 found.add(int(entry.name))
     return found
 

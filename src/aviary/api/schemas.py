@@ -90,6 +90,26 @@ class SeedWord(BaseModel):
 class SeedResult(BaseModel):
     """The original server's transcription result, with Aviary's additions (`duration`, `words`)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Hello there. How are you?",
+                    "segments": [
+                        {"start": 0.0, "end": 0.96, "text": "Hello there."},
+                        {"start": 1.2, "end": 2.08, "text": "How are you?"},
+                    ],
+                    "filename": "greeting.mp3",
+                    "timestamp": "2026-11-25T20:00:00.123456+00:00",
+                    "model": "parakeet",
+                    "language": None,
+                    "duration": 2.4,
+                    "words": None,
+                }
+            ]
+        }
+    )
+
     text: str
     segments: list[SeedSegment]
     filename: str
@@ -127,6 +147,22 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     """Every error body: `detail` for the seed's clients, `error` for OpenAI's SDKs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": "The file is not a supported audio or video format.",
+                    "error": {
+                        "message": "The file is not a supported audio or video format.",
+                        "type": "invalid_request_error",
+                        "param": "file",
+                        "code": "unsupported_media",
+                    },
+                }
+            ]
+        }
+    )
 
     detail: Any
     error: ErrorDetail

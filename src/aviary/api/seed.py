@@ -51,11 +51,9 @@ async def root(request: Request) -> dict[str, Any]:
         "endpoints": {
             "health": "/health",
             "docs": "/docs",
+            "redoc": "/redoc",
             "transcribe": "/transcribe",
-            "transcribe_async": "/transcribe/async",
-            "job_status": "/jobs/{job_id}/status",
-            "job_result": "/jobs/{job_id}/result",
-            "job_cancel": "/jobs/{job_id}/cancel",
+            # TODO(#6): transcribe_async and the job endpoints, listed here once they exist.
             "openai_transcriptions": "/v1/audio/transcriptions",
             "openai_translations": "/v1/audio/translations",
             "openai_models": "/v1/models",
