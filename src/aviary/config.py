@@ -79,6 +79,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="Origins browsers may call the API from (comma-separated)."
     )
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "aviary",
+        description="Jobs' audio, and the embedded SQLite database, live here.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Jobs database: sqlite:///path or postgresql://... (default: SQLite in data_dir; "
+        "PostgreSQL for several servers or workers).",
+    )
+    executor_id: str | None = Field(
+        default=None,
+        description="This process's stable name among the job workers (default: the host name); "
+        "a restarted process resumes the jobs its executor id had running.",
+    )
+    job_chunk_seconds: float = Field(
+        default=30.0, ge=5.0, le=300.0, description="Jobs transcribe (and checkpoint) audio in chunks of this length."
+    )
     openai_model_aliases: bool = Field(
         default=True,
         description="OpenAI model names (whisper-1, gpt-4o-transcribe, ...) mean the default model on /v1.",
@@ -122,3 +139,7 @@ class Settings(BaseSettings):
             aliased = self.model in self.aliases or self.model == "parakeet"
             self.aliases["parakeet"] = DEFAULT_MODEL if aliased else self.model
         return self
+
+    def jobs_database_url(self) -> str:
+        """The jobs database: `database_url`, or SQLite in `data_dir`."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'aviary.sqlite'}"

@@ -28,7 +28,14 @@ AviaryError
 │   └── DecodeTimeoutError        decode_timeout       (also TimeoutError)
 ├── InferenceError                inference_failed     (also RuntimeError: the engine failed)
 ├── ServerBusyError               server_busy          (every inference slot and queue place is taken)
-└── AuthenticationError           invalid_api_key      (a missing or wrong API key)
+├── AuthenticationError           invalid_api_key      (a missing or wrong API key)
+└── JobError                                           (the asynchronous jobs)
+    ├── JobNotFoundError          job_not_found        (also LookupError)
+    ├── JobNotFinishedError       job_not_finished     (its result was asked for too early)
+    ├── JobCancelledError         job_cancelled        (its result was asked for; it has none)
+    ├── JobFinishedError          job_finished         (cancel of a job that already ended)
+    ├── IdempotencyConflictError  idempotency_conflict (a reused Idempotency-Key with another file)
+    └── JobFailedError            (the job's own code) (its result was asked for; it failed)
 ```
 
 Each error builds its own message from its arguments, so a raise is one line, and messages are
@@ -314,3 +321,68 @@ class AuthenticationError(AviaryError):
     def __init__(self) -> None:
         """Say how to authenticate, without echoing what was sent."""
         super().__init__("A valid API key is required: send it as 'Authorization: Bearer <key>'.")
+
+
+class JobError(AviaryError):
+    """Something about an asynchronous job."""
+
+    code = "job_error"
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job has that id (or it was deleted)."""
+
+    code = "job_not_found"
+
+    def __init__(self) -> None:
+        """The original server's words."""
+        super().__init__("Job not found")
+
+
+class JobNotFinishedError(JobError):
+    """The job is still pending or processing."""
+
+    code = "job_not_finished"
+
+    def __init__(self) -> None:
+        """The original server's words."""
+        super().__init__("Job not yet completed")
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled, so it has no result."""
+
+    code = "job_cancelled"
+
+    def __init__(self) -> None:
+        """The original server's words."""
+        super().__init__("Job was cancelled")
+
+
+class JobFinishedError(JobError):
+    """The job already ended (completed, failed or cancelled): there is nothing to cancel."""
+
+    code = "job_finished"
+
+    def __init__(self, status: str) -> None:
+        """Name the job's state."""
+        super().__init__(f"Job already {status}")
+
+
+class JobFailedError(JobError):
+    """The job failed; its code is the failure's own (e.g. `unsupported_media`)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        """The original server's words, with the failure's message and code."""
+        super().__init__(f"Job failed: {message}")
+        self.code = code
+
+
+class IdempotencyConflictError(JobError):
+    """An `Idempotency-Key` already used for a different file."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self) -> None:
+        """Say why the request is refused."""
+        super().__init__("This Idempotency-Key was already used with a different file.")

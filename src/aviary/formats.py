@@ -17,8 +17,9 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypedDict, TypeGuard, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict, TypeGuard, get_args
 
 from aviary.errors import InvalidOptionError
 from aviary.types import Segment, Task, Transcript, Word
@@ -210,6 +211,41 @@ def to_verbose_json(
     if "segment" in granularities:
         body["segments"] = [_segment_json(i, s, transcript) for i, s in enumerate(timed_segments(transcript))]
     return body
+
+
+def to_seed(
+    transcript: Transcript,
+    *,
+    filename: str,
+    model: str,
+    language: str | None,
+    timestamps: bool = True,
+    words: bool = False,
+) -> dict[str, Any]:
+    """The original server's result: text, segments (when `timestamps`), filename, timestamp (now), model, language.
+
+    Aviary adds `duration`, and `words` (start, end, confidence) when `words` is set.
+    """
+    segments = [
+        {"start": _ms(s.start), "end": _ms(max(s.end, s.start)), "text": s.text} for s in timed_segments(transcript)
+    ]
+    every = transcript.words or tuple(w for s in transcript.segments for w in s.words)
+    return {
+        "text": transcript.text,
+        "segments": segments if timestamps else [],
+        "filename": filename,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "model": model,
+        "language": language,
+        "duration": _ms(transcript.duration),
+        "words": [{"word": w.word, "start": _ms(w.start), "end": _ms(w.end), "confidence": w.confidence} for w in every]
+        if words
+        else None,
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds, 3)
 
 
 def to_srt(transcript: Transcript, *, max_chars: int = MAX_CUE_CHARS) -> str:

@@ -35,6 +35,7 @@ def _client(tmp_path: Path, engine: FakeEngine, **settings: object) -> TestClien
     values: dict[str, Any] = {
         "model": str(tmp_path),
         "upload_dir": tmp_path / "uploads",
+        "data_dir": tmp_path / "data",
         "decoder_processes": 1,
         **settings,
     }

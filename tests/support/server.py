@@ -54,7 +54,8 @@ class Running:
 def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[Running]:
     """Run `command` until it answers `/health`; stop it with SIGINT (a graceful stop, so coverage sees it)."""
     environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu", **env}
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory(prefix="aviary-data-") as data:
+        environment.setdefault("AVIARY_DATA_DIR", data)  # jobs and their database: never the user's own
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=log)
         running = Running(process, log)
         try:

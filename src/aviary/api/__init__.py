@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     """
     from fastapi.middleware.cors import CORSMiddleware
 
-    from aviary.api import errors, openai, seed, transcribe
+    from aviary.api import errors, jobs, openai, seed, transcribe
     from aviary.api.auth import ApiKeyMiddleware
     from aviary.config import Settings
 
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         _log_to_stderr()
         service = Service(settings, registry)
         app.state.service = service
-        service.start()
+        await asyncio.to_thread(service.start)
         try:
             yield
         finally:
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     errors.install(app)
     app.include_router(seed.router)
     app.include_router(transcribe.router)
+    app.include_router(jobs.router)
     app.include_router(openai.router)
     keys = [key.get_secret_value() for key in settings.api_keys]
     app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -23,7 +23,10 @@ from aviary.errors import (
     AudioTooLongError,
     AuthenticationError,
     AviaryError,
+    IdempotencyConflictError,
     InferenceError,
+    JobFailedError,
+    JobNotFoundError,
     ModelError,
     ModelNotFoundError,
     PayloadTooLargeError,
@@ -65,8 +68,12 @@ def status_of(error: AviaryError, path: str) -> int:
         status = 404 if path.startswith(OPENAI_PREFIX) else 400
     elif isinstance(error, (ModelError, ServerBusyError)):
         status = 503  # the model cannot be loaded now, or no capacity: the request itself was fine
-    elif isinstance(error, InferenceError):
-        status = 500
+    elif isinstance(error, JobNotFoundError):
+        status = 404
+    elif isinstance(error, IdempotencyConflictError):
+        status = 409
+    elif isinstance(error, (InferenceError, JobFailedError)):
+        status = 500  # the seed answers a failed job's result with 500
     return status
 
 

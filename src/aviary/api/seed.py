@@ -53,7 +53,11 @@ async def root(request: Request) -> dict[str, Any]:
             "docs": "/docs",
             "redoc": "/redoc",
             "transcribe": "/transcribe",
-            # TODO(#6): transcribe_async and the job endpoints, listed here once they exist.
+            "transcribe_async": "/transcribe/async",
+            "job_status": "/jobs/{job_id}/status",
+            "job_result": "/jobs/{job_id}/result",
+            "job_cancel": "/jobs/{job_id}/cancel",
+            "jobs": "/jobs",
             "openai_transcriptions": "/v1/audio/transcriptions",
             "openai_translations": "/v1/audio/translations",
             "openai_models": "/v1/models",

@@ -23,6 +23,7 @@ import anyio.to_thread
 
 from aviary.engine.registry import KNOWN, Registry
 from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
+from aviary.jobs import Jobs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,6 +65,7 @@ class Service:
         self.settings = settings
         self.registry = registry or Registry(settings)
         self.decoder: IsolatedDecoder = settings.audio_decoder()
+        self.jobs = Jobs(settings, self.registry, self.decoder)
         self._lock = threading.Lock()
         self._health = Health("loading", self._default_name())
         self._loader: threading.Thread | None = None
@@ -81,7 +83,8 @@ class Service:
             return self.settings.model
 
     def start(self) -> None:
-        """Load the default model and start the decoder processes, in a background thread."""
+        """Launch the job system (resuming this executor's jobs); load the default model in a background thread."""
+        self.jobs.start()
         self._loader = threading.Thread(target=self._load_default, name="aviary-load-default", daemon=True)
         self._loader.start()
 
@@ -163,7 +166,8 @@ class Service:
         return transcripts[0]
 
     def close(self, timeout: float = 30.0) -> None:
-        """Wait briefly for a load in progress, then release the models and the decoder processes."""
+        """Stop the job system, wait briefly for a load in progress, release the models and decoder processes."""
+        self.jobs.close()
         if self._loader is not None:
             self._loader.join(timeout)
         self.decoder.close()

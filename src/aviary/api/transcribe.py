@@ -9,14 +9,13 @@ when `include_words` is set; segment text is always filled in.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 
-from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, SeedSegment, SeedWord, multipart_body, validate_form
+from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, multipart_body, validate_form
 from aviary.api.uploads import receive_form
-from aviary.formats import timed_segments
+from aviary.formats import to_seed
 from aviary.types import TranscribeOptions
 
 if TYPE_CHECKING:
@@ -82,26 +81,12 @@ def seed_options(engine: Engine, language: str | None) -> tuple[TranscribeOption
 
 def seed_result(transcript: Transcript, fields: SeedForm, *, filename: str, language: str | None) -> SeedResult:
     """The seed's result body for `transcript`."""
-    segments = (
-        [SeedSegment(start=_ms(s.start), end=_ms(max(s.end, s.start)), text=s.text) for s in timed_segments(transcript)]
-        if fields.include_timestamps
-        else []
-    )
-    words = None
-    if fields.include_words:
-        every = transcript.words or tuple(w for s in transcript.segments for w in s.words)
-        words = [SeedWord(word=w.word, start=_ms(w.start), end=_ms(w.end), confidence=w.confidence) for w in every]
-    return SeedResult(
-        text=transcript.text,
-        segments=segments,
+    body = to_seed(
+        transcript,
         filename=filename,
-        timestamp=datetime.now(UTC).isoformat(),
         model=fields.model,
         language=language,
-        duration=_ms(transcript.duration),
-        words=words,
+        timestamps=fields.include_timestamps,
+        words=fields.include_words,
     )
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds, 3)
+    return SeedResult.model_validate(body)

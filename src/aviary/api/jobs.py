@@ -1,0 +1,171 @@
+"""The original server's asynchronous endpoints, same paths, shapes and status codes, on durable jobs.
+
+`POST /transcribe/async` takes the `/transcribe` form (checked in the same order: model, language),
+keeps the upload in the data directory and answers `{job_id, status: "pending", message}`; an
+`Idempotency-Key` header returns the same job for the same key and file (409 for another file).
+`GET /jobs/{id}/status`, `GET /jobs/{id}/result` (400 until completed, 400 cancelled, 500 failed
+with the failure's code), `POST /jobs/{id}/cancel` (400 once ended), plus `GET /jobs` and
+`DELETE /jobs/{id}`. Job calls touch the database, so they run in worker threads.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, Field
+
+from aviary.api.schemas import SeedForm, SeedResult, multipart_body, validate_form
+from aviary.api.transcribe import ERRORS, seed_options
+from aviary.api.uploads import receive_form
+from aviary.errors import JobCancelledError, JobFailedError, JobNotFinishedError
+
+if TYPE_CHECKING:
+    from aviary.api.service import Service
+    from aviary.jobs import Job, Jobs
+
+router = APIRouter()
+Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+class JobAccepted(BaseModel):
+    """The answer to `POST /transcribe/async`."""
+
+    job_id: str
+    status: Status
+    message: str
+
+
+class JobStatusBody(BaseModel):
+    """A job's state, as the original server reported it, with progress added."""
+
+    job_id: str
+    status: Status
+    filename: str
+    created_at: str
+    completed_at: str | None
+    error: str | None
+    error_code: str | None = Field(description="The failure's stable code, when the job failed.")
+    result: SeedResult | None
+    progress: float = Field(description="Share of the audio transcribed, 0 to 1.")
+    processed_seconds: float = Field(description="Seconds of audio transcribed so far.")
+
+
+class JobCancelled(BaseModel):
+    """The answer to a cancel."""
+
+    message: str
+    status: Status
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first."""
+
+    jobs: list[JobStatusBody]
+    total: int
+    limit: int
+    offset: int
+
+
+def _jobs(request: Request) -> Jobs:
+    service: Service = request.app.state.service
+    return service.jobs
+
+
+def _iso(moment: float | None) -> str | None:
+    return datetime.fromtimestamp(moment, UTC).isoformat() if moment is not None else None
+
+
+def _status(job: Job) -> JobStatusBody:
+    return JobStatusBody(
+        job_id=job.id,
+        status=job.status,
+        filename=job.filename,
+        created_at=_iso(job.created_at) or "",
+        completed_at=_iso(job.completed_at),
+        error=job.error,
+        error_code=job.error_code,
+        result=SeedResult.model_validate(job.result) if job.result else None,
+        progress=round(job.progress, 4),
+        processed_seconds=round(job.processed_seconds, 3),
+    )
+
+
+@router.post(
+    "/transcribe/async",
+    summary="Start a transcription job",
+    response_model=JobAccepted,
+    responses=ERRORS,
+    openapi_extra=multipart_body(SeedForm),
+)
+async def transcribe_async(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key, same file: same job.")] = None,
+) -> JobAccepted:
+    """Accept the file; a worker transcribes it chunk by chunk (poll the status, or fetch the result)."""
+    service: Service = request.app.state.service
+    settings = service.settings
+    async with receive_form(request, limit=settings.max_upload_bytes, directory=settings.upload_dir) as form:
+        fields, upload = validate_form(SeedForm, form)
+        engine = await service.engine(service.api_model(fields.model))
+        options, language = seed_options(engine, fields.language)
+        engine.info.check(options)
+        job_options: dict[str, Any] = {
+            "model": fields.model,
+            "language": language,
+            "engine_language": options.language,
+            "include_timestamps": fields.include_timestamps,
+            "include_words": fields.include_words,
+        }
+        job, _ = await anyio.to_thread.run_sync(
+            lambda: service.jobs.submit(
+                upload.path, filename=upload.filename, options=job_options, idempotency_key=idempotency_key
+            )
+        )
+    return JobAccepted(job_id=job.id, status=job.status, message=f"Transcription job started for {job.filename}")
+
+
+@router.get("/jobs/{job_id}/status", summary="A job's state", response_model=JobStatusBody, responses=ERRORS)
+async def job_status(request: Request, job_id: str) -> JobStatusBody:
+    """Status, progress, and the result once completed."""
+    return _status(await anyio.to_thread.run_sync(_jobs(request).get, job_id))
+
+
+@router.get("/jobs/{job_id}/result", summary="A completed job's result", response_model=SeedResult, responses=ERRORS)
+async def job_result(request: Request, job_id: str) -> SeedResult:
+    """The transcription result; 400 while pending or processing, or when cancelled; 500 when it failed."""
+    job = await anyio.to_thread.run_sync(_jobs(request).get, job_id)
+    if job.status == "cancelled":
+        raise JobCancelledError
+    if job.status == "failed":
+        raise JobFailedError(job.error or "unknown error", job.error_code or "internal_error")
+    if job.status != "completed" or job.result is None:
+        raise JobNotFinishedError
+    return SeedResult.model_validate(job.result)
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job", response_model=JobCancelled, responses=ERRORS)
+async def cancel_job(request: Request, job_id: str) -> JobCancelled:
+    """Stop a pending or running job before its next chunk; 400 when it already ended."""
+    await anyio.to_thread.run_sync(_jobs(request).cancel, job_id)
+    return JobCancelled(message=f"Job {job_id} cancellation requested", status="cancelled")
+
+
+@router.get("/jobs", summary="List jobs", response_model=JobList)
+async def list_jobs(
+    request: Request,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> JobList:
+    """Jobs newest first, optionally only those of one status."""
+    jobs, total = await anyio.to_thread.run_sync(lambda: _jobs(request).list(status, limit=limit, offset=offset))
+    return JobList(jobs=[_status(job) for job in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.delete("/jobs/{job_id}", summary="Delete a job", status_code=204, responses=ERRORS)
+async def delete_job(request: Request, job_id: str) -> None:
+    """Cancel it if it runs, then remove its record, result and audio."""
+    await anyio.to_thread.run_sync(_jobs(request).delete, job_id)

@@ -1,0 +1,195 @@
+"""Durable asynchronous jobs on DBOS: submit, status, result, cancel, list, delete.
+
+`Jobs` owns the process's DBOS instance (configured and launched here, never at import; destroyed
+on `close`), the job table, and the queue the workflows run from. Embedded mode (the default): the
+server process is the worker, on SQLite in `data_dir`. Every process has a stable executor id (the
+host name unless set) and an explicit application version, so a restarted process recovers the
+jobs it had in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+from aviary import __version__
+from aviary.errors import IdempotencyConflictError, JobFinishedError, JobNotFoundError
+from aviary.jobs.store import TERMINAL, Job, JobStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from aviary.audio import IsolatedDecoder
+    from aviary.config import Settings
+    from aviary.engine.registry import Registry
+
+__all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
+
+QUEUE: Final = "aviary-jobs"
+_POLL_SECONDS: Final = 0.1  # how soon an idle worker sees a new job
+
+
+def _executor_id(settings: Settings) -> str:
+    import socket
+
+    return settings.executor_id or socket.gethostname()
+
+
+class Jobs:
+    """The job system of one process: DBOS, the job table, and the queue."""
+
+    def __init__(self, settings: Settings, registry: Registry, decoder: IsolatedDecoder) -> None:
+        """Hold the parts; nothing connects until `start()`."""
+        self.settings = settings
+        self._registry = registry
+        self._decoder = decoder
+        self._store: JobStore | None = None
+
+    @property
+    def store(self) -> JobStore:
+        """The job table (after `start()`)."""
+        if self._store is None:
+            message = "jobs are not started"
+            raise RuntimeError(message)
+        return self._store
+
+    def start(self) -> None:
+        """Configure and launch DBOS (recovering this executor's jobs), then listen on the queue."""
+        from dbos import DBOS
+
+        from aviary.jobs import workflows
+
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.jobs_database_url()
+        self._store = JobStore(url)
+        workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
+        DBOS(
+            config={
+                "name": "aviary",
+                "system_database_url": url,
+                "application_version": __version__,
+                "executor_id": _executor_id(settings),
+            }
+        )
+        DBOS.launch()
+        DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=_POLL_SECONDS)
+
+    def submit(
+        self, upload: Path, *, filename: str, options: dict[str, Any], idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Keep `upload` (moved into the data directory) and enqueue its job; (job, created).
+
+        With an `idempotency_key` already used, the existing job is returned (`created` false) and
+        the upload is left where it is.
+        """
+        from dbos import DBOS, SetWorkflowID
+
+        from aviary.jobs.workflows import transcribe_job
+
+        digest = _sha256(upload)
+        if idempotency_key is not None:
+            existing = self.store.by_key(idempotency_key)
+            if existing is not None:
+                return _same_file(existing, digest), False
+        job_id = str(uuid.uuid4())
+        kept = self.settings.data_dir / "uploads" / job_id
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(upload, kept)
+        job = Job(
+            id=job_id,
+            status="pending",
+            filename=filename,
+            options=options,
+            created_at=time.time(),
+            audio_path=str(kept),
+            file_sha256=digest,
+            idempotency_key=idempotency_key,
+        )
+        stored = self.store.create(job)
+        if stored.id != job_id:  # another request with the same key won the race
+            kept.unlink(missing_ok=True)
+            return _same_file(stored, digest), False
+        with SetWorkflowID(job_id):
+            DBOS.retrieve_queue(QUEUE).enqueue(transcribe_job, job_id)  # type: ignore[union-attr]
+        return stored, True
+
+    def get(self, job_id: str) -> Job:
+        """The job.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFoundError
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a pending or running job: its workflow stops before its next chunk, its audio is removed.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobFinishedError: it already ended.
+        """
+        from dbos import DBOS
+
+        from aviary.jobs.workflows import remove_audio
+
+        job = self.get(job_id)
+        if job.status in TERMINAL or not self.store.finish(job_id, "cancelled"):
+            raise JobFinishedError(self.get(job_id).status)
+        DBOS.cancel_workflow(job_id)
+        remove_audio(self.settings, job_id, job.audio_path)
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Cancel the job if it runs, then forget it: row, workflow record, audio.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        from dbos import DBOS
+
+        from aviary.jobs.workflows import remove_audio
+
+        job = self.get(job_id)
+        if job.status not in TERMINAL:
+            self.store.finish(job_id, "cancelled")
+            DBOS.cancel_workflow(job_id)
+        DBOS.delete_workflow(job_id)
+        remove_audio(self.settings, job_id, job.audio_path)
+        self.store.delete(job_id)
+
+    def list(self, status: str | None, *, limit: int, offset: int) -> tuple[Sequence[Job], int]:
+        """Jobs newest first, and the total count."""
+        return self.store.list(status, limit=limit, offset=offset)
+
+    def close(self) -> None:
+        """Shut DBOS down (running jobs stay pending in the database, and resume on restart)."""
+        from dbos import DBOS
+
+        from aviary.jobs import workflows
+
+        DBOS.destroy(destroy_registry=False)
+        workflows.install(None)
+        if self._store is not None:
+            self._store.close()
+
+
+def _same_file(job: Job, digest: str) -> Job:
+    if job.file_sha256 != digest:
+        raise IdempotencyConflictError
+    return job
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,150 @@
+"""Job records as the API reads them: status, progress, result, error, idempotency keys.
+
+DBOS keeps the durable workflow state (which steps ran, what they returned); this table keeps what
+clients ask about, in the same database (SQLite file or PostgreSQL), through SQLAlchemy Core. A
+terminal status (completed, failed, cancelled) is never overwritten: every transition is a
+conditional UPDATE, so a cancel that lands while the last chunk finishes has one winner.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+TERMINAL: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
+
+_metadata = sa.MetaData()
+jobs_table = sa.Table(
+    "aviary_jobs",
+    _metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("options", sa.Text, nullable=False),  # JSON: model, language, flags, as the request gave them
+    sa.Column("audio_path", sa.Text, nullable=True),
+    sa.Column("file_sha256", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("completed_at", sa.Float, nullable=True),
+    sa.Column("duration", sa.Float, nullable=True),
+    sa.Column("processed_seconds", sa.Float, nullable=False, default=0.0),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("result", sa.Text, nullable=True),  # JSON: the seed's transcription result
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as stored."""
+
+    id: str
+    status: JobStatus
+    filename: str
+    options: dict[str, Any]
+    created_at: float
+    audio_path: str | None = None
+    file_sha256: str | None = None
+    idempotency_key: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    duration: float | None = None
+    processed_seconds: float = 0.0
+    error: str | None = None
+    error_code: str | None = None
+    result: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def progress(self) -> float:
+        """Share of the audio transcribed, 0..1 (1 once completed)."""
+        if self.status == "completed":
+            return 1.0
+        if not self.duration:
+            return 0.0
+        return min(1.0, self.processed_seconds / self.duration)
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    values = dict(row._mapping)  # noqa: SLF001  (SQLAlchemy's public row mapping)
+    values["options"] = json.loads(values["options"])
+    values["result"] = json.loads(values["result"]) if values["result"] else None
+    return Job(**values)
+
+
+class JobStore:
+    """The `aviary_jobs` table on `url` (created if missing)."""
+
+    def __init__(self, url: str) -> None:
+        """Connect and create the table."""
+        self.engine = sa.create_engine(url, future=True)
+        _metadata.create_all(self.engine)
+
+    def create(self, job: Job) -> Job:
+        """Insert `job`; with an idempotency key already stored, return that job instead."""
+        values = {**job.__dict__, "options": json.dumps(job.options), "result": None}
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(jobs_table.insert().values(**values))
+        except sa.exc.IntegrityError:
+            existing = self.by_key(job.idempotency_key) if job.idempotency_key else None
+            if existing is None:
+                raise
+            return existing
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        with self.engine.connect() as connection:
+            row = connection.execute(jobs_table.select().where(jobs_table.c.id == job_id)).first()
+        return _job(row) if row is not None else None
+
+    def by_key(self, key: str) -> Job | None:
+        """The job created with idempotency key `key`, or None."""
+        with self.engine.connect() as connection:
+            row = connection.execute(jobs_table.select().where(jobs_table.c.idempotency_key == key)).first()
+        return _job(row) if row is not None else None
+
+    def update(self, job_id: str, **values: Any) -> bool:  # noqa: ANN401
+        """Set `values` unless the job has reached a terminal status; whether it changed."""
+        if "result" in values and values["result"] is not None:
+            values["result"] = json.dumps(values["result"])
+        statement = (
+            jobs_table.update().where(jobs_table.c.id == job_id, jobs_table.c.status.not_in(TERMINAL)).values(**values)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount > 0
+
+    def finish(self, job_id: str, status: JobStatus, **values: Any) -> bool:  # noqa: ANN401
+        """Move to a terminal `status` (once: false when the job had already ended)."""
+        return self.update(job_id, status=status, completed_at=time.time(), **values)
+
+    def list(self, status: str | None = None, *, limit: int = 50, offset: int = 0) -> tuple[Sequence[Job], int]:
+        """Jobs newest first, optionally of one status, and how many there are in all."""
+        query = jobs_table.select()
+        count = sa.select(sa.func.count()).select_from(jobs_table)
+        if status is not None:
+            query = query.where(jobs_table.c.status == status)
+            count = count.where(jobs_table.c.status == status)
+        query = query.order_by(jobs_table.c.created_at.desc(), jobs_table.c.id).limit(limit).offset(offset)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+            total = int(connection.execute(count).scalar_one())
+        return [_job(row) for row in rows], total
+
+    def delete(self, job_id: str) -> bool:
+        """Remove the job's row; whether there was one."""
+        with self.engine.begin() as connection:
+            return connection.execute(jobs_table.delete().where(jobs_table.c.id == job_id)).rowcount > 0
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.engine.dispose()
