@@ -198,3 +198,19 @@ def test_openapi_documents_every_field_and_error(app: TestClient) -> None:
     assert {"file", "model", "response_format", "timestamp_granularities", "stream"} <= set(
         fields["schema"]["properties"]
     )
+
+
+def test_a_job_whose_engine_crashes_is_failed_not_left_processing(tmp_path: Path) -> None:
+    def explode(_: object) -> str:
+        message = "a bug in the engine"
+        raise RuntimeError(message)
+
+    with _client(tmp_path, FakeEngine(text=explode)) as client:
+        job_id = client.post("/transcribe/async", files={"file": ("a.wav", TONE)}).json()["job_id"]
+        _until(lambda: client.get(f"/jobs/{job_id}/status").json()["status"] == "failed")
+        status = client.get(f"/jobs/{job_id}/status").json()
+        result = client.get(f"/jobs/{job_id}/result")
+    assert status["error_code"] == "job_crashed"
+    assert "a bug" not in status["error"]
+    assert (result.status_code, result.json()["error"]["code"]) == (500, "job_crashed")
+    assert not any((tmp_path / "data" / "uploads").iterdir())

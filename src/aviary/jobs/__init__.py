@@ -31,6 +31,7 @@ __all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
 
 QUEUE: Final = "aviary-jobs"
 _POLL_SECONDS: Final = 0.1  # how soon an idle worker sees a new job
+_GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
 
 
 def _executor_id(settings: Settings) -> str:
@@ -127,7 +128,23 @@ class Jobs:
         job = self.store.get(job_id)
         if job is None:
             raise JobNotFoundError
+        if job.status not in TERMINAL:
+            job = self._reconcile(job)
         return job
+
+    def _reconcile(self, job: Job) -> Job:
+        """A job DBOS has given up on (its process died `MAX_ATTEMPTS` times, or its code raised) is failed."""
+        from dbos import DBOS
+
+        from aviary.jobs.workflows import remove_audio
+
+        status = DBOS.get_workflow_status(job.id)
+        if status is None or status.status not in _GAVE_UP:
+            return job
+        message = "the job stopped its worker too many times" if status.status != "ERROR" else "the job crashed"
+        self.store.finish(job.id, "failed", error=f"Transcription failed: {message}.", error_code="job_crashed")
+        remove_audio(self.settings, job.id, job.audio_path)
+        return self.store.get(job.id) or job
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a pending or running job: its workflow stops before its next chunk, its audio is removed.
