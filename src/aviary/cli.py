@@ -1,4 +1,4 @@
-"""The `aviary` command line: `transcribe`, `models list|pull`, and `serve`.
+"""The `aviary` command line: `transcribe`, `models list|pull`, `serve`, and `worker`.
 
 Settings come from `AVIARY_*` environment variables, overridden by the flags given; they are read
 in `main()`, never at import time. Errors print one line with a stable code and exit non-zero.
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default: AVIARY_PORT, PORT or 8000)")
     _add_model_flags(serve)
 
+    worker = commands.add_parser("worker", help="run queued jobs only (with PostgreSQL: beside other workers)")
+    worker.add_argument(
+        "--executor-id", help="this worker's stable name (default: AVIARY_EXECUTOR_ID or the host name)"
+    )
+    _add_model_flags(worker)
+
     transcribe = commands.add_parser("transcribe", help="transcribe or translate audio files")
     transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
     _add_model_flags(transcribe)
@@ -65,7 +71,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from aviary.config import Settings
 
-    flags = {"model", "engine", "device", "threads", "quantization", "offline", "host", "port"}
+    flags = {"model", "engine", "device", "threads", "quantization", "offline", "host", "port", "executor_id"}
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in flags and v is not None}
     return Settings(**overrides)
 
@@ -83,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "worker":
+            from aviary.jobs.worker import run_worker
+
+            return run_worker(settings)
         if args.command == "transcribe":
             from aviary.transcribe_files import transcribe_files
 

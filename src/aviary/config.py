@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         description="This process's stable name among the job workers (default: the host name); "
         "a restarted process resumes the jobs its executor id had running.",
     )
+    run_jobs: bool = Field(
+        default=True,
+        description="This process runs queued jobs (the embedded worker). Off for an API in front of `aviary worker`s.",
+    )
+    heartbeat_seconds: float = Field(default=2.0, gt=0, description="How often a job worker says it is alive.")
+    executor_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds of silence after which a worker's jobs are resumed by the others."
+    )
     job_chunk_seconds: float = Field(
         default=30.0, ge=5.0, le=300.0, description="Jobs transcribe (and checkpoint) audio in chunks of this length."
     )

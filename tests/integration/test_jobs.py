@@ -3,44 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jiwer
-import numpy as np
 import pytest
 import requests
 
-from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
-from aviary.jobs.workflows import chunk_bounds
-from aviary.types import TranscribeOptions
-from tests.support.fixtures import AUDIO, MODELS, clip, golden
+from tests.support.fixtures import AUDIO, MODELS
+from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_of, submit, until
 from tests.support.server import AVIARY, free_port, server
-from tools.fixtures import speech
 
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterator
     from pathlib import Path
-
-    from aviary.engine.base import Engine
-
-CLIPS = ("en-digits-3.wav", "en-digits-6.wav", "en-digits-10.wav", "en-digits-seven.wav")
-TEXT = {case["clip"]: case["text"] for case in golden("parakeet-digits")["cases"]}
-
-
-@dataclass(frozen=True)
-class Jobs:
-    """A server's base URL and its data directory."""
-
-    url: str
-    data_dir: Path
 
 
 @contextlib.contextmanager
@@ -62,53 +43,6 @@ def _server(data_dir: Path, **env: str) -> Iterator[tuple[Jobs, subprocess.Popen
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     with _server(tmp_path_factory.mktemp("jobs")) as (api, _):
         yield api
-
-
-def _recording(tmp_path: Path, repeats: int, seed: int = 0) -> tuple[Path, str]:
-    """Digit clips with pauses between them, as a WAV, and what is said in it."""
-    rng = np.random.default_rng(seed)
-    names = [CLIPS[i] for i in rng.integers(0, len(CLIPS), repeats)]
-    parts = []
-    for name in names:
-        parts += [clip(name), np.zeros(int(1.5 * speech.SAMPLE_RATE), dtype=np.float32)]
-    path = tmp_path / f"recording-{seed}-{repeats}.wav"
-    speech.write_wav(path, np.concatenate(parts))
-    return path, " ".join(TEXT[name] for name in names)
-
-
-CHUNK_SECONDS = 10
-
-
-@functools.cache
-def _engine() -> Engine:
-    return load_onnx_engine(MODELS / "parakeet-digits", "digits", RuntimeOptions(device="cpu", intra_op_threads=1))
-
-
-def _chunked(path: Path) -> str:
-    """What a job must answer for `path`: the engine on each planned chunk, joined (exactly, nothing twice)."""
-    audio, _ = speech.read_wav(path)
-    bounds = chunk_bounds(audio, CHUNK_SECONDS * speech.SAMPLE_RATE)
-    texts = [_engine().transcribe([audio[a:b]], [TranscribeOptions()])[0].text for a, b in bounds]
-    return " ".join(text for text in texts if text)
-
-
-def _submit(api: Jobs, path: Path, **headers: str) -> dict[str, Any]:
-    with path.open("rb") as file:
-        response = requests.post(f"{api.url}/transcribe/async", files={"file": file}, headers=headers, timeout=60)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def _status(api: Jobs, job_id: str) -> dict[str, Any]:
-    return dict(requests.get(f"{api.url}/jobs/{job_id}/status", timeout=30).json())
-
-
-def _until(api: Jobs, job_id: str, states: set[str], seconds: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while (status := _status(api, job_id))["status"] not in states:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.05)
-    return status
 
 
 def test_the_seed_readme_async_python_example(jobs: Jobs, tmp_path: Path) -> None:
@@ -153,10 +87,10 @@ def test_unknown_jobs_and_finished_jobs_answer_as_the_seed(jobs: Jobs, tmp_path:
     for method, path in (("get", "status"), ("get", "result"), ("post", "cancel")):
         response = requests.request(method, f"{jobs.url}/jobs/no-such-job/{path}", timeout=30)
         assert (response.status_code, response.json()["detail"]) == (404, "Job not found")
-    recording, text = _recording(tmp_path, 3)
-    job_id = _submit(jobs, recording)["job_id"]
-    done = _until(jobs, job_id, {"completed"})
-    assert done["result"]["text"] == _chunked(recording)
+    audio_path, text = recording(tmp_path, 3)
+    job_id = submit(jobs, audio_path)["job_id"]
+    done = until(jobs, job_id, {"completed"})
+    assert done["result"]["text"] == chunked(audio_path)
     assert (
         jiwer.wer(text, done["result"]["text"]) < 0.3
     )  # the small digits model errs on joined clips; lost or doubled words would show above
@@ -173,8 +107,8 @@ def test_unknown_jobs_and_finished_jobs_answer_as_the_seed(jobs: Jobs, tmp_path:
 def test_a_failed_job_keeps_its_code_and_its_result_is_500(jobs: Jobs, tmp_path: Path) -> None:
     notes = tmp_path / "notes.mp3"
     notes.write_text("not audio at all\n" * 50, encoding="utf-8")
-    job_id = _submit(jobs, notes)["job_id"]
-    status = _until(jobs, job_id, {"failed"})
+    job_id = submit(jobs, notes)["job_id"]
+    status = until(jobs, job_id, {"failed"})
     assert status["error_code"] == "unsupported_media"
     response = requests.get(f"{jobs.url}/jobs/{job_id}/result", timeout=30)
     assert response.status_code == 500
@@ -184,11 +118,11 @@ def test_a_failed_job_keeps_its_code_and_its_result_is_500(jobs: Jobs, tmp_path:
 
 
 def test_an_idempotency_key_gives_one_job_and_refuses_another_file(jobs: Jobs, tmp_path: Path) -> None:
-    recording, _ = _recording(tmp_path, 2, seed=5)
+    path, _ = recording(tmp_path, 2, seed=5)
     with ThreadPoolExecutor(10) as pool:
-        ids = set(pool.map(lambda _: _submit(jobs, recording, **{"Idempotency-Key": "key-1"})["job_id"], range(10)))
+        ids = set(pool.map(lambda _: submit(jobs, path, **{"Idempotency-Key": "key-1"})["job_id"], range(10)))
     assert len(ids) == 1
-    other, _ = _recording(tmp_path, 2, seed=6)
+    other, _ = recording(tmp_path, 2, seed=6)
     with other.open("rb") as file:
         response = requests.post(
             f"{jobs.url}/transcribe/async", files={"file": file}, headers={"Idempotency-Key": "key-1"}, timeout=60
@@ -197,49 +131,49 @@ def test_an_idempotency_key_gives_one_job_and_refuses_another_file(jobs: Jobs, t
 
 
 def test_a_cancelled_running_job_stops_within_seconds(jobs: Jobs, tmp_path: Path) -> None:
-    recording, _ = _recording(tmp_path, 240, seed=7)  # ~17 minutes: about a hundred 10 s chunks
-    job_id = _submit(jobs, recording)["job_id"]
+    path, _ = recording(tmp_path, 240, seed=7)  # ~17 minutes: about a hundred 10 s chunks
+    job_id = submit(jobs, path)["job_id"]
     deadline = time.monotonic() + 120
-    while _status(jobs, job_id)["processed_seconds"] <= 0:
+    while status_of(jobs, job_id)["processed_seconds"] <= 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     response = requests.post(f"{jobs.url}/jobs/{job_id}/cancel", timeout=30)
     assert response.json() == {"message": f"Job {job_id} cancellation requested", "status": "cancelled"}
     cancelled_at = time.monotonic()
-    first = _status(jobs, job_id)
+    first = status_of(jobs, job_id)
     time.sleep(1.0)
-    later = _status(jobs, job_id)
+    later = status_of(jobs, job_id)
     assert later["status"] == "cancelled"
     assert later["processed_seconds"] == first["processed_seconds"]  # nothing recorded after the cancel
     assert 0 < later["progress"] < 1
     response = requests.get(f"{jobs.url}/jobs/{job_id}/result", timeout=30)
     assert (response.status_code, response.json()["detail"]) == (400, "Job was cancelled")
-    next_id = _submit(jobs, _recording(tmp_path, 1, seed=8)[0])["job_id"]
-    _until(jobs, next_id, {"completed"}, seconds=30)  # the worker moved on
+    next_id = submit(jobs, recording(tmp_path, 1, seed=8)[0])["job_id"]
+    until(jobs, next_id, {"completed"}, seconds=30)  # the worker moved on
     assert time.monotonic() - cancelled_at < 30
     assert not (jobs.data_dir / "jobs" / f"{job_id}.f32").exists()
 
 
 def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    recordings = [_recording(tmp_path, 12, seed=100 + i) for i in range(12)]  # ~1 minute each
+    recordings = [recording(tmp_path, 12, seed=100 + i) for i in range(12)]  # ~1 minute each
     with _server(data) as (api, process):
-        ids = [_submit(api, path)["job_id"] for path, _ in recordings]
+        ids = [submit(api, path)["job_id"] for path, _ in recordings]
         deadline = time.monotonic() + 120
-        while not any(_status(api, i)["processed_seconds"] > 0 for i in ids):
+        while not any(status_of(api, i)["processed_seconds"] > 0 for i in ids):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        before = [_status(api, i) for i in ids]
+        before = [status_of(api, i) for i in ids]
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     assert any(s["status"] != "completed" for s in before), "every job finished before the kill: nothing was tested"
     with _server(data) as (api, _):
-        after = [_until(api, i, {"completed", "failed", "cancelled"}) for i in ids]
+        after = [until(api, i, {"completed", "failed", "cancelled"}) for i in ids]
         listed = requests.get(f"{api.url}/jobs", params={"limit": "100"}, timeout=30).json()
     assert [s["status"] for s in after] == ["completed"] * len(ids)
     assert listed["total"] == len(ids)
     for status, (path, text) in zip(after, recordings, strict=True):
-        assert status["result"]["text"] == _chunked(path)
+        assert status["result"]["text"] == chunked(path)
         assert jiwer.wer(text, status["result"]["text"]) < 0.3
     assert not any((data / "uploads").iterdir())
     assert not any((data / "jobs").iterdir())

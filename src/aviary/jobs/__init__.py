@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aviary import __version__
 from aviary.errors import IdempotencyConflictError, JobFinishedError, JobNotFoundError
+from aviary.jobs.reaper import Reaper
 from aviary.jobs.store import TERMINAL, Job, JobStore
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Jobs:
         self._registry = registry
         self._decoder = decoder
         self._store: JobStore | None = None
+        self._reaper: Reaper | None = None
 
     @property
     def store(self) -> JobStore:
@@ -69,16 +71,28 @@ class Jobs:
         url = settings.jobs_database_url()
         self._store = JobStore(url)
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
+        executor = _executor_id(settings)
         DBOS(
             config={
                 "name": "aviary",
                 "system_database_url": url,
                 "application_version": __version__,
-                "executor_id": _executor_id(settings),
+                "executor_id": executor,
             }
         )
+        if not settings.run_jobs:
+            DBOS.listen_queues([])
         DBOS.launch()
         DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=_POLL_SECONDS)
+        if settings.run_jobs:
+            self._reaper = Reaper(
+                self._store.engine,
+                executor,
+                _recover,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                timeout_seconds=settings.executor_timeout,
+            )
+            self._reaper.start()
 
     def submit(
         self, upload: Path, *, filename: str, options: dict[str, Any], idempotency_key: str | None = None
@@ -192,10 +206,19 @@ class Jobs:
 
         from aviary.jobs import workflows
 
+        if self._reaper is not None:
+            self._reaper.stop()
         DBOS.destroy(destroy_registry=False)
         workflows.install(None)
         if self._store is not None:
             self._store.close()
+
+
+def _recover(executor_ids: list[str]) -> None:
+    """DBOS's recovery of other executors' pending workflows (what its admin API's recovery endpoint calls)."""
+    from dbos import DBOS
+
+    DBOS._recover_pending_workflows(executor_ids)  # noqa: SLF001  (DBOS's documented self-hosted recovery)
 
 
 def _same_file(job: Job, digest: str) -> Job:

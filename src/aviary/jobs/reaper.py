@@ -1,0 +1,109 @@
+"""Heartbeats and the reaper: jobs of a machine that died are resumed by the ones still alive.
+
+DBOS recovers, at launch, only the pending workflows of the launching process's own executor id; on
+a self-hosted PostgreSQL nothing recovers a dead machine's workflows by itself. So every process
+that runs jobs writes a heartbeat (`aviary_executors`: executor id, last seen) every
+`heartbeat_seconds`; and every such process looks for executors silent for `executor_timeout`
+seconds. One live process claims each silent executor (a conditional DELETE of its row: exactly one
+claimer wins) and hands its pending workflows to DBOS's recovery, which re-enqueues them; any
+worker then resumes each one at its first unfinished chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+_metadata = sa.MetaData()
+executors_table = sa.Table(
+    "aviary_executors",
+    _metadata,
+    sa.Column("executor_id", sa.String(255), primary_key=True),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)
+
+
+class Reaper:
+    """A thread that beats for `executor_id` and recovers the jobs of executors that stopped beating."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        executor_id: str,
+        recover: Callable[[list[str]], None],
+        *,
+        heartbeat_seconds: float,
+        timeout_seconds: float,
+    ) -> None:
+        """Create the table if needed; nothing runs until `start()`."""
+        _metadata.create_all(engine)
+        self._engine = engine
+        self.executor_id = executor_id
+        self._recover = recover
+        self._every = heartbeat_seconds
+        self._timeout = timeout_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
+
+    def start(self) -> None:
+        """Beat once now (so this executor is known at once), then keep beating and reaping."""
+        self.beat()
+        self._thread.start()
+
+    def beat(self) -> None:
+        """Record that this executor is alive."""
+        now = time.time()
+        with self._engine.begin() as connection:
+            updated = connection.execute(
+                executors_table.update().where(executors_table.c.executor_id == self.executor_id).values(last_seen=now)
+            ).rowcount
+            if not updated:
+                connection.execute(executors_table.insert().values(executor_id=self.executor_id, last_seen=now))
+
+    def reap(self) -> list[str]:
+        """Recover the jobs of every executor silent for longer than the timeout; the ids this call claimed."""
+        cutoff = time.time() - self._timeout
+        with self._engine.connect() as connection:
+            silent = connection.execute(
+                sa.select(executors_table.c.executor_id).where(
+                    executors_table.c.last_seen < cutoff, executors_table.c.executor_id != self.executor_id
+                )
+            ).scalars()
+            candidates = list(silent)
+        claimed = []
+        for executor in candidates:
+            with self._engine.begin() as connection:
+                won = connection.execute(
+                    executors_table.delete().where(
+                        executors_table.c.executor_id == executor, executors_table.c.last_seen < cutoff
+                    )
+                ).rowcount
+            if won:
+                claimed.append(executor)
+        if claimed:
+            logger.warning("executors %s stopped beating: recovering their jobs", ", ".join(claimed))
+            self._recover(claimed)
+        return claimed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.beat()
+                self.reap()
+            except Exception:
+                logger.exception("heartbeat or recovery failed; trying again in %.0f s", self._every)
+
+    def stop(self) -> None:
+        """Stop beating. The row stays: if this executor does not come back, others recover its pending jobs."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

@@ -1,0 +1,94 @@
+"""Many workers on PostgreSQL: an API that only accepts jobs, two `aviary worker`s, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+import requests
+
+from tests.support.fixtures import MODELS
+from tests.support.jobs import Jobs, chunked, recording, status_of, submit, until
+from tests.support.postgres import postgres
+from tests.support.server import AVIARY, ROOT, free_port, server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    with postgres() as url:
+        yield url
+
+
+def _environment(url: str, data: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AVIARY_DATABASE_URL": url,
+        "AVIARY_DATA_DIR": str(data),  # the API and the workers share it (one machine here; shared storage across)
+        "AVIARY_JOB_CHUNK_SECONDS": "10",
+        "AVIARY_HEARTBEAT_SECONDS": "0.5",
+        "AVIARY_EXECUTOR_TIMEOUT": "3",
+        "AVIARY_THREADS": "1",
+        "AVIARY_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@contextlib.contextmanager
+def _worker(url: str, data: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    command = [AVIARY, "worker", "--executor-id", name, "--model", str(MODELS / "parakeet-digits")]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_environment(url, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+
+
+def _executor_of(url: str, job_id: str) -> str | None:
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT executor_id, status FROM dbos.workflow_status WHERE workflow_uuid = %s", (job_id,)
+        ).fetchone()
+    return str(row[0]) if row is not None and row[1] == "PENDING" else None
+
+
+def test_a_killed_worker_s_jobs_are_finished_by_the_other(database: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in _environment(database, data).items() if k.startswith(("AVIARY_", "HF_"))}
+    env |= {"AVIARY_RUN_JOBS": "false", "AVIARY_EXECUTOR_ID": "api"}
+    command = [AVIARY, "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
+    with server(command, port, env), contextlib.ExitStack() as stack:
+        api = Jobs(f"http://127.0.0.1:{port}", data)
+        workers = {name: stack.enter_context(_worker(database, data, name)) for name in ("w1", "w2")}
+        killed_mid_job = 0
+        for round_number in range(5):
+            path, _ = recording(tmp_path, 40, seed=300 + round_number)  # ~3.5 minutes: 20 chunks
+            job_id = submit(api, path)["job_id"]
+            deadline = time.monotonic() + 120
+            while (owner := _executor_of(database, job_id)) is None or status_of(api, job_id)["processed_seconds"] <= 0:
+                assert time.monotonic() < deadline, status_of(api, job_id)
+                time.sleep(0.01)
+            workers[owner].send_signal(signal.SIGKILL)
+            workers[owner].wait(timeout=30)
+            killed_mid_job += status_of(api, job_id)["status"] != "completed"
+            done = until(api, job_id, {"completed", "failed", "cancelled"}, seconds=120)
+            assert done["status"] == "completed", done
+            assert done["result"]["text"] == chunked(path)
+            workers[owner] = stack.enter_context(_worker(database, data, owner))  # back, under its own name
+        assert killed_mid_job >= 3, "the kills came too late to test anything"
+        listed = requests.get(f"{api.url}/jobs", params={"status": "completed"}, timeout=30).json()
+        assert listed["total"] == 5
