@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     executor_timeout: float = Field(
         default=15.0, gt=0, description="Seconds of silence after which a worker's jobs are resumed by the others."
     )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Signs job webhooks (Standard Webhooks, `whsec_<base64>`); none: no webhooks."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts webhooks may go to (comma-separated), private ones included; none: any public host.",
+    )
     job_chunk_seconds: float = Field(
         default=30.0, ge=5.0, le=300.0, description="Jobs transcribe (and checkpoint) audio in chunks of this length."
     )
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
 
         return IsolatedDecoder(self.audio_limits(), idle=self.decoder_processes, memory_mb=self.decoder_memory_mb)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """A comma-separated string (as environment variables carry lists) is a list."""

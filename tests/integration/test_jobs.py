@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.server
 import io
+import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import jiwer
 import pytest
 import requests
+from standardwebhooks import Webhook
 
 from tests.support.fixtures import AUDIO, MODELS
 from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_of, submit, until
@@ -24,6 +29,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+SECRET = "whsec_" + base64.b64encode(b"aviary test webhook secret 32b!").decode()
+
+
 @contextlib.contextmanager
 def _server(data_dir: Path, **env: str) -> Iterator[tuple[Jobs, subprocess.Popen[bytes]]]:
     port = free_port()
@@ -31,6 +39,8 @@ def _server(data_dir: Path, **env: str) -> Iterator[tuple[Jobs, subprocess.Popen
         "AVIARY_DATA_DIR": str(data_dir),
         "AVIARY_EXECUTOR_ID": "test-executor",
         "AVIARY_JOB_CHUNK_SECONDS": str(CHUNK_SECONDS),
+        "AVIARY_WEBHOOK_SECRET": SECRET,
+        "AVIARY_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         **env,
     }
@@ -178,3 +188,76 @@ def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) ->
     assert not any((data / "uploads").iterdir())
     assert not any((data / "jobs").iterdir())
     assert os.environ.get("AVIARY_DATA_DIR") is None
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """Answers 500 to the first two tries of each event, then 200; records every try."""
+
+    tries: ClassVar[list[tuple[dict[str, str], bytes, int]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        earlier = sum(1 for h, _, _ in self.tries if h["webhook-id"] == headers["webhook-id"])
+        code = 500 if earlier < 2 else 200
+        self.tries.append((headers, body, code))
+        self.send_response(code)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        del args
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes, int]]]]:
+    _Receiver.tries = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", _Receiver.tries
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _events(tries: list[tuple[dict[str, str], bytes, int]], event_id: str, seconds: float = 60) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while not any(h["webhook-id"] == event_id and code == 200 for h, _, code in tries):
+        assert time.monotonic() < deadline, tries
+        time.sleep(0.05)
+    return [code for h, _, code in tries if h["webhook-id"] == event_id]
+
+
+def test_webhooks_are_signed_retried_and_delivered_once_per_event(
+    jobs: Jobs, tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes, int]]]
+) -> None:
+    url, tries = receiver
+    audio_path, _ = recording(tmp_path, 2, seed=11)
+    with audio_path.open("rb") as file:
+        job_id = requests.post(
+            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
+        ).json()["job_id"]
+    assert _events(tries, f"{job_id}.job.completed") == [500, 500, 200]  # retried with backoff, then accepted
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio\n" * 50, encoding="utf-8")
+    with notes.open("rb") as file:
+        failed_id = requests.post(
+            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
+        ).json()["job_id"]
+    assert _events(tries, f"{failed_id}.job.failed")[-1] == 200
+    verifier = Webhook(SECRET)
+    for headers, body, _ in tries:
+        event = verifier.verify(body, headers)  # raises unless the signature is right
+        assert event["type"] in {"job.completed", "job.failed"}
+        assert event["data"]["job_id"] in {job_id, failed_id}
+    completed = next(json.loads(b) for h, b, c in tries if c == 200 and h["webhook-id"] == f"{job_id}.job.completed")
+    assert completed["data"]["status"] == "completed"
+    assert completed["data"]["result"]["text"]
+    response = requests.post(
+        f"{jobs.url}/transcribe/async",
+        files={"file": audio_path.read_bytes()},
+        data={"webhook_url": "http://10.1.2.3/hook"},
+        timeout=60,
+    )
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "webhook_url")

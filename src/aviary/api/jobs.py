@@ -5,22 +5,23 @@ keeps the upload in the data directory and answers `{job_id, status: "pending", 
 `Idempotency-Key` header returns the same job for the same key and file (409 for another file).
 `GET /jobs/{id}/status`, `GET /jobs/{id}/result` (400 until completed, 400 cancelled, 500 failed
 with the failure's code), `POST /jobs/{id}/cancel` (400 once ended), plus `GET /jobs` and
-`DELETE /jobs/{id}`. Job calls touch the database, so they run in worker threads.
+`DELETE /jobs/{id}`. A `webhook_url` field gets the job's end as a signed event (`aviary.jobs.webhooks`).
+Job calls touch the database, so they run in worker threads.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, Field
 
-from aviary.api.schemas import SeedForm, SeedResult, multipart_body, validate_form
+from aviary.api.schemas import AsyncForm, SeedResult, multipart_body, validate_form
 from aviary.api.transcribe import ERRORS, seed_options
 from aviary.api.uploads import receive_form
 from aviary.errors import JobCancelledError, JobFailedError, JobNotFinishedError
+from aviary.jobs.webhooks import check_url
 
 if TYPE_CHECKING:
     from aviary.api.service import Service
@@ -74,23 +75,8 @@ def _jobs(request: Request) -> Jobs:
     return service.jobs
 
 
-def _iso(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, UTC).isoformat() if moment is not None else None
-
-
 def _status(job: Job) -> JobStatusBody:
-    return JobStatusBody(
-        job_id=job.id,
-        status=job.status,
-        filename=job.filename,
-        created_at=_iso(job.created_at) or "",
-        completed_at=_iso(job.completed_at),
-        error=job.error,
-        error_code=job.error_code,
-        result=SeedResult.model_validate(job.result) if job.result else None,
-        progress=round(job.progress, 4),
-        processed_seconds=round(job.processed_seconds, 3),
-    )
+    return JobStatusBody.model_validate(job.document())
 
 
 @router.post(
@@ -98,7 +84,7 @@ def _status(job: Job) -> JobStatusBody:
     summary="Start a transcription job",
     response_model=JobAccepted,
     responses=ERRORS,
-    openapi_extra=multipart_body(SeedForm),
+    openapi_extra=multipart_body(AsyncForm),
 )
 async def transcribe_async(
     request: Request,
@@ -108,7 +94,7 @@ async def transcribe_async(
     service: Service = request.app.state.service
     settings = service.settings
     async with receive_form(request, limit=settings.max_upload_bytes, directory=settings.upload_dir) as form:
-        fields, upload = validate_form(SeedForm, form)
+        fields, upload = validate_form(AsyncForm, form)
         engine = await service.engine(service.api_model(fields.model))
         options, language = seed_options(engine, fields.language)
         engine.info.check(options)
@@ -118,6 +104,9 @@ async def transcribe_async(
             "engine_language": options.language,
             "include_timestamps": fields.include_timestamps,
             "include_words": fields.include_words,
+            "webhook_url": await anyio.to_thread.run_sync(check_url, fields.webhook_url, settings)
+            if fields.webhook_url
+            else None,
         }
         job, _ = await anyio.to_thread.run_sync(
             lambda: service.jobs.submit(

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from aviary.api.uploads import Form, Upload
 
 __all__ = [
+    "AsyncForm",
     "ErrorResponse",
     "ModelList",
     "ModelObject",
@@ -41,6 +42,16 @@ class SeedForm(BaseModel):
     )
     include_timestamps: bool = Field(default=True, description="Return sentence segments with start and end times.")
     include_words: bool = Field(default=False, description="Also return every word with its times and confidence.")
+
+
+class AsyncForm(SeedForm):
+    """The fields of `POST /transcribe/async`: those of `/transcribe`, and where to send the job's events."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="POST job.completed / job.failed / job.cancelled here, signed (Standard Webhooks).",
+    )
 
 
 class OpenAIForm(BaseModel):

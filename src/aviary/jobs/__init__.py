@@ -64,13 +64,14 @@ class Jobs:
         """Configure and launch DBOS (recovering this executor's jobs), then listen on the queue."""
         from dbos import DBOS
 
-        from aviary.jobs import workflows
+        from aviary.jobs import webhooks, workflows
 
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.jobs_database_url()
         self._store = JobStore(url)
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
+        webhooks.install(settings)
         executor = _executor_id(settings)
         DBOS(
             config={
@@ -169,13 +170,14 @@ class Jobs:
         """
         from dbos import DBOS
 
-        from aviary.jobs.workflows import remove_audio
+        from aviary.jobs.workflows import notify, remove_audio
 
         job = self.get(job_id)
         if job.status in TERMINAL or not self.store.finish(job_id, "cancelled"):
             raise JobFinishedError(self.get(job_id).status)
         DBOS.cancel_workflow(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
+        notify(job_id)
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -204,12 +206,13 @@ class Jobs:
         """Shut DBOS down (running jobs stay pending in the database, and resume on restart)."""
         from dbos import DBOS
 
-        from aviary.jobs import workflows
+        from aviary.jobs import webhooks, workflows
 
         if self._reaper is not None:
             self._reaper.stop()
         DBOS.destroy(destroy_registry=False)
         workflows.install(None)
+        webhooks.install(None)
         if self._store is not None:
             self._store.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import sqlalchemy as sa
@@ -63,6 +64,21 @@ class Job:
     error_code: str | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
 
+    def document(self) -> dict[str, Any]:
+        """The job as clients see it (the status endpoint's body, webhooks' `data`)."""
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "filename": self.filename,
+            "created_at": _iso(self.created_at),
+            "completed_at": _iso(self.completed_at),
+            "error": self.error,
+            "error_code": self.error_code,
+            "result": self.result,
+            "progress": round(self.progress, 4),
+            "processed_seconds": round(self.processed_seconds, 3),
+        }
+
     @property
     def progress(self) -> float:
         """Share of the audio transcribed, 0..1 (1 once completed)."""
@@ -71,6 +87,10 @@ class Job:
         if not self.duration:
             return 0.0
         return min(1.0, self.processed_seconds / self.duration)
+
+
+def _iso(moment: float | None) -> str | None:
+    return datetime.fromtimestamp(moment, UTC).isoformat() if moment is not None else None
 
 
 def _job(row: sa.Row[Any]) -> Job:

@@ -159,15 +159,26 @@ def finish(job_id: str, parts: list[dict[str, Any]]) -> None:
 def transcribe_job(job_id: str) -> None:
     """The job's workflow: prepare, every chunk, finish (each a checkpointed step)."""
     bounds = prepare(job_id)
-    if bounds is None:
-        return
     parts = []
-    for start, end in bounds:
+    for start, end in bounds or []:
         part = transcribe_chunk(job_id, start, end)
         if part is None:
-            return
+            break
         parts.append(part)
-    finish(job_id, parts)
+    else:
+        if bounds is not None:
+            finish(job_id, parts)
+    notify(job_id)
+
+
+def notify(job_id: str) -> None:
+    """Start the webhook delivery for the job's end, when it asked for one (idempotent per event)."""
+    from aviary.jobs import webhooks
+
+    job = _rt().store.get(job_id)
+    url = job.options.get("webhook_url") if job is not None else None
+    if job is not None and url and job.status in webhooks.EVENTS:
+        webhooks.send(job.id, job.status, job.document(), str(url))
 
 
 def remove_audio(settings: Settings, job_id: str, upload: str | None) -> None:
