@@ -108,6 +108,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Hosts webhooks may go to (comma-separated), private ones included; none: any public host.",
     )
+    job_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Ended jobs (their rows and results) are purged after this long."
+    )
     job_chunk_seconds: float = Field(
         default=30.0, ge=5.0, le=300.0, description="Jobs transcribe (and checkpoint) audio in chunks of this length."
     )

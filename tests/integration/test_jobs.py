@@ -261,3 +261,15 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
         timeout=60,
     )
     assert (response.status_code, response.json()["error"]["param"]) == (400, "webhook_url")
+
+
+def test_ended_jobs_are_purged_after_the_retention_time(tmp_path: Path) -> None:
+    settings = {"AVIARY_JOB_RETENTION_SECONDS": "1", "AVIARY_HEARTBEAT_SECONDS": "0.2"}
+    with _server(tmp_path / "data", **settings) as (api, _):
+        job_id = submit(api, recording(tmp_path, 1, seed=12)[0])["job_id"]
+        until(api, job_id, {"completed"})
+        deadline = time.monotonic() + 30
+        while requests.get(f"{api.url}/jobs/{job_id}/status", timeout=30).status_code != 404:
+            assert time.monotonic() < deadline, "the ended job was never purged"
+            time.sleep(0.1)
+        assert requests.get(f"{api.url}/jobs", timeout=30).json()["total"] == 0

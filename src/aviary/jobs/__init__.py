@@ -92,6 +92,7 @@ class Jobs:
                 _recover,
                 heartbeat_seconds=settings.heartbeat_seconds,
                 timeout_seconds=settings.executor_timeout,
+                housekeeping=self.purge,
             )
             self._reaper.start()
 
@@ -197,6 +198,13 @@ class Jobs:
         DBOS.delete_workflow(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
         self.store.delete(job_id)
+
+    def purge(self) -> list[str]:
+        """Forget jobs that ended more than `job_retention_seconds` ago (rows, results, workflow records)."""
+        ended = self.store.ended_before(time.time() - self.settings.job_retention_seconds)
+        for job in ended:
+            self.delete(job.id)
+        return [job.id for job in ended]
 
     def list(self, status: str | None, *, limit: int, offset: int) -> tuple[Sequence[Job], int]:
         """Jobs newest first, and the total count."""

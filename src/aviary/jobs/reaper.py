@@ -1,5 +1,7 @@
 """Heartbeats and the reaper: jobs of a machine that died are resumed by the ones still alive.
 
+The same thread runs the job system's housekeeping (the retention purge) after each beat.
+
 DBOS recovers, at launch, only the pending workflows of the launching process's own executor id; on
 a self-hosted PostgreSQL nothing recovers a dead machine's workflows by itself. So every process
 that runs jobs writes a heartbeat (`aviary_executors`: executor id, last seen) every
@@ -43,14 +45,16 @@ class Reaper:
         *,
         heartbeat_seconds: float,
         timeout_seconds: float,
+        housekeeping: Callable[[], object] | None = None,
     ) -> None:
-        """Create the table if needed; nothing runs until `start()`."""
+        """Create the table if needed; nothing runs until `start()`. `housekeeping` runs after each beat."""
         _metadata.create_all(engine)
         self._engine = engine
         self.executor_id = executor_id
         self._recover = recover
         self._every = heartbeat_seconds
         self._timeout = timeout_seconds
+        self._housekeeping = housekeeping
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
 
@@ -99,6 +103,8 @@ class Reaper:
             try:
                 self.beat()
                 self.reap()
+                if self._housekeeping is not None:
+                    self._housekeeping()
             except Exception:
                 logger.exception("heartbeat or recovery failed; trying again in %.0f s", self._every)
 

@@ -160,6 +160,17 @@ class JobStore:
             total = int(connection.execute(count).scalar_one())
         return [_job(row) for row in rows], total
 
+    def ended_before(self, moment: float, limit: int = 500) -> Sequence[Job]:
+        """Jobs that reached a terminal status before `moment` (oldest first, at most `limit`)."""
+        query = (
+            jobs_table.select()
+            .where(jobs_table.c.status.in_(TERMINAL), jobs_table.c.completed_at < moment)
+            .order_by(jobs_table.c.completed_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [_job(row) for row in connection.execute(query).all()]
+
     def delete(self, job_id: str) -> bool:
         """Remove the job's row; whether there was one."""
         with self.engine.begin() as connection:
