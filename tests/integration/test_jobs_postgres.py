@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
@@ -46,15 +47,23 @@ def _environment(url: str, data: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def _worker(url: str, data: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
     command = [AVIARY, "worker", "--executor-id", name, "--model", str(MODELS / "parakeet-digits")]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=_environment(url, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=60)
+    env = {**_environment(url, data), "PYTHONFAULTHANDLER": "1"}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+                    process.wait(timeout=30)
+                    log.seek(0)
+                    pytest.fail(
+                        f"worker {name} did not stop on SIGINT:\n{log.read().decode(errors='replace')[-20000:]}"
+                    )
 
 
 def _executor_of(url: str, job_id: str) -> str | None:

@@ -14,9 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "cuda", "clips", "audio", "server"),
+        choices=("engines", "cuda", "clips", "audio", "server", "jobs"),
         help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
-        " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads",
+        " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads;"
+        " jobs: the job path vs /transcribe (--jobs)",
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
@@ -28,19 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
     parser.add_argument("--nemo-only", action="store_true", help="only Aviary vs NeMo, at batch 1 and --batch")
     parser.add_argument("--concurrent", type=int, default=32, help="server: uploads at once")
+    parser.add_argument("--jobs", type=int, default=200, help="jobs: short jobs per round")
     parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
     parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
 
+    if args.benchmark in {"jobs", "server"}:
+        return _emit(_http(args), args.out)
     from tools.bench import audio as audio_bench
     from tools.bench import clips, cuda, engines
 
-    if args.benchmark == "server":
-        from tools.bench import server
-
-        return _emit(
-            server.run(args.model, threads=args.threads, rounds=args.rounds, concurrent=args.concurrent), args.out
-        )
     if args.benchmark == "audio":
         return _emit(audio_bench.run(args.minutes, args.rounds), args.out)
     if args.benchmark == "clips":
@@ -65,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work:
             report["int8_digits_wer"] = digits_wer(digits, Path(work))
     return _emit(report, args.out)
+
+
+def _http(args: argparse.Namespace) -> dict[str, object]:
+    """The benchmarks that drive a real server process."""
+    from tools.bench import jobs, server
+
+    if args.benchmark == "jobs":
+        return jobs.run(args.model, threads=args.threads, rounds=args.rounds, jobs=args.jobs)
+    return server.run(args.model, threads=args.threads, rounds=args.rounds, concurrent=args.concurrent)
 
 
 def _emit(report: dict[str, object], out: Path | None) -> int:

@@ -40,8 +40,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         import asyncio
 
         from aviary.api.service import Service
+        from aviary.logs import log_to_stderr
 
-        _log_to_stderr()
+        log_to_stderr()
         service = Service(settings, registry)
         app.state.service = service
         await asyncio.to_thread(service.start)
@@ -63,16 +64,3 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # Added last, so outermost: preflights are answered before the key check. No credentials (the seed's default).
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     return app
-
-
-def _log_to_stderr() -> None:
-    """Send Aviary's own log records to stderr beside uvicorn's, unless logging is configured already."""
-    import logging
-
-    logger = logging.getLogger("aviary")
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)

@@ -46,6 +46,7 @@ class JobStatusBody(BaseModel):
     status: Status
     filename: str
     created_at: str
+    started_at: str | None = Field(default=None, description="When a worker began the job.")
     completed_at: str | None
     error: str | None
     error_code: str | None = Field(description="The failure's stable code, when the job failed.")

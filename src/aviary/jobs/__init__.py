@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
 
 QUEUE: Final = "aviary-jobs"
-_POLL_SECONDS: Final = 0.1  # how soon an idle worker sees a new job
+_POLL_SECONDS: Final = 0.02  # how soon an idle worker sees a new job
 _GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
 
 
@@ -210,15 +210,15 @@ class Jobs:
         """Jobs newest first, and the total count."""
         return self.store.list(status, limit=limit, offset=offset)
 
-    def close(self) -> None:
-        """Shut DBOS down (running jobs stay pending in the database, and resume on restart)."""
+    def close(self, grace_seconds: int = 0) -> None:
+        """Shut DBOS down, after up to `grace_seconds` for running jobs; unfinished ones stay pending and resume."""
         from dbos import DBOS
 
         from aviary.jobs import webhooks, workflows
 
         if self._reaper is not None:
             self._reaper.stop()
-        DBOS.destroy(destroy_registry=False)
+        DBOS.destroy(destroy_registry=False, workflow_completion_timeout_sec=grace_seconds)
         workflows.install(None)
         webhooks.install(None)
         if self._store is not None:

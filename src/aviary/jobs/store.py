@@ -71,6 +71,7 @@ class Job:
             "status": self.status,
             "filename": self.filename,
             "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
             "completed_at": _iso(self.completed_at),
             "error": self.error,
             "error_code": self.error_code,
@@ -89,6 +90,11 @@ class Job:
         return min(1.0, self.processed_seconds / self.duration)
 
 
+def _sqlite_busy_timeout(connection: Any, record: Any) -> None:  # noqa: ANN401  (DB-API objects)
+    del record
+    connection.execute("PRAGMA busy_timeout=30000")  # wait for DBOS's writers instead of failing
+
+
 def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat() if moment is not None else None
 
@@ -104,8 +110,16 @@ class JobStore:
     """The `aviary_jobs` table on `url` (created if missing)."""
 
     def __init__(self, url: str) -> None:
-        """Connect and create the table."""
+        """Connect and create the table. SQLite is switched to write-ahead logging (kept in the file).
+
+        WAL makes a commit one fsync of the log instead of the rollback journal's several, and lets
+        readers (status polls) run beside the writer; it holds for DBOS's connections to the same file too.
+        """
         self.engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_busy_timeout)
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         _metadata.create_all(self.engine)
 
     def create(self, job: Job) -> Job:

@@ -9,19 +9,29 @@ running jobs stay pending and resume where they were (on its restart, or by the 
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aviary.engine.registry import Registry
 from aviary.jobs import Jobs
+from aviary.logs import log_to_stderr
 
 if TYPE_CHECKING:
     from aviary.config import Settings
 
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS: Final = 5
+"""How long a stopping worker lets running jobs go on before leaving them to resume elsewhere."""
+
 
 def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run jobs until SIGINT/SIGTERM (or `stop` is set); return 0."""
+    log_to_stderr()
     stop = stop or threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
@@ -32,7 +42,18 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
         jobs.start()
         stop.wait()
     finally:
-        jobs.close()
+        jobs.close(grace_seconds=GRACE_SECONDS)
         decoder.close()
         registry.close()
+    lingering = [
+        t.name for t in threading.enumerate() if t.is_alive() and not t.daemon and t is not threading.current_thread()
+    ]
+    if lingering:
+        # A job still inside a chunk keeps DBOS's (non-daemon) thread busy; its checkpoints are in the
+        # database and it resumes elsewhere, so the worker leaves now instead of waiting on it.
+        logger.warning(
+            "stopping with a job mid-chunk (%s); it resumes from its last finished chunk", ", ".join(lingering)
+        )
+        sys.stderr.flush()
+        os._exit(0)
     return 0
