@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -166,7 +167,7 @@ def test_a_cancelled_running_job_stops_within_seconds(jobs: Jobs, tmp_path: Path
 
 def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    recordings = [recording(tmp_path, 12, seed=100 + i) for i in range(12)]  # ~1 minute each
+    recordings = [recording(tmp_path, 6, seed=100 + i) for i in range(50)]  # 50 jobs, ~25 s (3 chunks) each
     with _server(data) as (api, process):
         ids = [submit(api, path)["job_id"] for path, _ in recordings]
         deadline = time.monotonic() + 120
@@ -273,3 +274,36 @@ def test_ended_jobs_are_purged_after_the_retention_time(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the ended job was never purged"
             time.sleep(0.1)
         assert requests.get(f"{api.url}/jobs", timeout=30).json()["total"] == 0
+
+
+def test_twenty_random_cancels_each_stop_their_job_and_the_worker_goes_on(jobs: Jobs, tmp_path: Path) -> None:
+    rng = random.Random(20)  # noqa: S311  (when to cancel, not a secret)
+    paths = [recording(tmp_path, 30, seed=400 + i)[0] for i in range(20)]  # ~2 minutes (12 chunks) each
+    ids = [submit(jobs, path)["job_id"] for path in paths]
+    cancelled = []
+    for job_id in ids:
+        deadline = time.monotonic() + 120
+        while (state := status_of(jobs, job_id))["status"] == "pending" or state["processed_seconds"] <= 0:
+            if state["status"] in {"completed", "failed", "cancelled"}:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.1))
+        response = requests.post(f"{jobs.url}/jobs/{job_id}/cancel", timeout=30)
+        if response.status_code == 400:  # it finished first
+            assert response.json()["error"]["code"] == "job_finished"
+            continue
+        assert response.status_code == 200
+        cancelled.append(job_id)
+        frozen = status_of(jobs, job_id)
+        assert frozen["status"] == "cancelled"
+        assert 0 < frozen["progress"] < 1
+    assert len(cancelled) >= 10, "most jobs finished before their cancel: nothing was tested"
+    time.sleep(1.0)
+    for job_id in cancelled:
+        after = status_of(jobs, job_id)
+        assert after["status"] == "cancelled"
+        assert after["result"] is None
+        assert not (jobs.data_dir / "jobs" / f"{job_id}.f32").exists()
+    follow = submit(jobs, recording(tmp_path, 1, seed=499)[0])["job_id"]
+    until(jobs, follow, {"completed"}, seconds=30)
