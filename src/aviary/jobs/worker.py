@@ -40,7 +40,10 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     jobs = Jobs(settings.model_copy(update={"run_jobs": True}), registry, decoder)
     try:
         jobs.start()
-        stop.wait()
+        # Wake up now and then: a signal delivered to one of DBOS's threads runs our handler only when
+        # the main thread next runs Python code, and an untimed wait would never get there.
+        while not stop.wait(0.2):
+            pass
     finally:
         jobs.close(grace_seconds=GRACE_SECONDS)
         decoder.close()
