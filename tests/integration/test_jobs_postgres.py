@@ -54,7 +54,9 @@ def _worker(url: str, data: Path, name: str) -> Iterator[subprocess.Popen[bytes]
             yield process
         finally:
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)
+                # SIGTERM, not SIGINT: a shell that starts the suite in the background hands its
+                # children SIGINT ignored, and a worker signalled before its handler exists never hears it.
+                process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=60)
                 except subprocess.TimeoutExpired:

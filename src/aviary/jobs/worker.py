@@ -30,11 +30,12 @@ GRACE_SECONDS: Final = 5
 
 
 def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run jobs until SIGINT/SIGTERM (or `stop` is set); return 0."""
+    """Run jobs until `stop` is set (by default, by SIGINT or SIGTERM); return 0."""
     log_to_stderr()
-    stop = stop or threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
+    if stop is None:
+        stop = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stop.set())
     registry = Registry(settings)
     decoder = settings.audio_decoder()
     jobs = Jobs(settings.model_copy(update={"run_jobs": True}), registry, decoder)
