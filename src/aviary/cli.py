@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import threading
 from typing import TYPE_CHECKING, Any
 
 from aviary import __version__
@@ -84,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    stop = _stop_on_signals() if args.command == "worker" else None
     from aviary.errors import AviaryError
 
     try:
@@ -94,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             from aviary.jobs.worker import run_worker
 
-            return run_worker(settings, stop)
+            return run_worker(settings)
         if args.command == "transcribe":
             from aviary.transcribe_files import transcribe_files
 
@@ -103,20 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AviaryError as exc:
         sys.stderr.write(f"aviary: error: [{exc.code}] {exc}\n")
         return 1
-
-
-def _stop_on_signals() -> threading.Event:
-    """An event SIGINT and SIGTERM set, installed before the heavy imports.
-
-    A Ctrl-C that lands while libraries import could be swallowed by one of them and lost; once this
-    handler is in place, an early signal stops the worker as soon as it has started.
-    """
-    import signal
-
-    stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
-    return stop
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:

@@ -30,21 +30,23 @@ GRACE_SECONDS: Final = 5
 
 
 def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run jobs until `stop` is set (by default, by SIGINT or SIGTERM); return 0."""
+    """Run jobs until SIGINT or SIGTERM (or until `stop` is set, when one is given); return 0.
+
+    The signals are blocked before DBOS starts its threads (they inherit the mask) and the main
+    thread collects them with `sigtimedwait`, so a signal cannot go astray to a thread that never
+    tells the main one; the timeout lets one that did reach an older thread still raise here.
+    """
     log_to_stderr()
+    signals = {signal.SIGINT, signal.SIGTERM}
     if stop is None:
-        stop = threading.Event()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, lambda *_: stop.set())
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     registry = Registry(settings)
     decoder = settings.audio_decoder()
     jobs = Jobs(settings.model_copy(update={"run_jobs": True}), registry, decoder)
     try:
         jobs.start()
-        # Wake up now and then: a signal delivered to one of DBOS's threads runs our handler only when
-        # the main thread next runs Python code, and an untimed wait would never get there.
-        while not stop.wait(0.2):
-            pass
+        while not (stop.wait(0.5) if stop is not None else signal.sigtimedwait(signals, 0.5)):
+            pass  # the timeout lets a signal that reached another thread raise here (KeyboardInterrupt)
     finally:
         jobs.close(grace_seconds=GRACE_SECONDS)
         decoder.close()
