@@ -90,9 +90,18 @@ class Job:
         return min(1.0, self.processed_seconds / self.duration)
 
 
-def _sqlite_busy_timeout(connection: Any, record: Any) -> None:  # noqa: ANN401  (DB-API objects)
+def _sqlite_pragmas(connection: Any, record: Any) -> None:  # noqa: ANN401  (DB-API objects)
+    """Wait for DBOS's writers instead of failing; commit this table's writes without their own fsync.
+
+    `synchronous=NORMAL` in WAL mode survives a killed process (the log is in the OS's hands at
+    commit) and loses at most the last commits on power loss. Every write here is followed by one
+    of DBOS's commits (the enqueue after `create`, the step's checkpoint after a progress or final
+    update, the workflow's cancel), which keep SQLite's default FULL and so flush the log with
+    ours: what a client was told stays told, at one fsync per step instead of two.
+    """
     del record
-    connection.execute("PRAGMA busy_timeout=30000")  # wait for DBOS's writers instead of failing
+    connection.execute("PRAGMA busy_timeout=30000")
+    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _iso(moment: float | None) -> str | None:
@@ -117,7 +126,7 @@ class JobStore:
         """
         self.engine = sa.create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_busy_timeout)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         _metadata.create_all(self.engine)
