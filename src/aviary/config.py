@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from aviary.audio import AudioLimits, IsolatedDecoder
+    from aviary.engine.longform import Chunking
 
 DEFAULT_MODEL = "parakeet-tdt-0.6b-v2"
 DEFAULT_ALIASES = {"canary": "canary-1b-v2"}
@@ -65,7 +66,35 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Address-space limit per decoder process (default: 1 GiB + 2x the upload cap)."
     )
 
-    workers: int = Field(default=1, ge=1, description="Transcriptions run at the same time (each uses `threads`).")
+    workers: int = Field(
+        default=16,
+        ge=1,
+        description="Requests (and, separately, jobs) transcribed at the same time: each decodes its audio and sends "
+        "its chunks to the model's batcher, which runs them in batches of up to `batch_size`.",
+    )
+    batch_size: int = Field(default=16, ge=1, le=256, description="Most utterances or chunks in one model call.")
+    batch_wait_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=1000,
+        description="Under load, how long a batch may wait to fill (an item at an idle server runs at once).",
+    )
+    chunk_seconds: float = Field(
+        default=30.0,
+        ge=5.0,
+        le=300.0,
+        validation_alias=AliasChoices("chunk_seconds", "AVIARY_CHUNK_SECONDS", "AVIARY_JOB_CHUNK_SECONDS"),
+        description="Long audio is cut at pauses into chunks of at most this length (jobs checkpoint each chunk).",
+    )
+    chunk_overlap_seconds: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=10.0,
+        description="Where nobody paused for a whole chunk, two chunks share this much audio (resolved by word times).",
+    )
+    vad_threshold: float = Field(
+        default=0.5, gt=0.15, lt=1.0, description="Silero VAD's speech probability from which audio counts as speech."
+    )
     max_queue: int = Field(
         default=64, ge=0, description="Requests that may wait for a worker; past that the API answers 503 server_busy."
     )
@@ -111,9 +140,6 @@ class Settings(BaseSettings):
     job_retention_seconds: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Ended jobs (their rows and results) are purged after this long."
     )
-    job_chunk_seconds: float = Field(
-        default=30.0, ge=5.0, le=300.0, description="Jobs transcribe (and checkpoint) audio in chunks of this length."
-    )
     openai_model_aliases: bool = Field(
         default=True,
         description="OpenAI model names (whisper-1, gpt-4o-transcribe, ...) mean the default model on /v1.",
@@ -129,6 +155,13 @@ class Settings(BaseSettings):
             max_input_samples=self.max_decoded_samples,
             timeout_seconds=self.decode_timeout,
         )
+
+    def chunking(self, *, timestamps: bool = True) -> Chunking:
+        """How long audio is cut, for a model with (or without: no overlap) word times."""
+        from aviary.engine.longform import Chunking
+
+        overlap = self.chunk_overlap_seconds if timestamps else 0.0
+        return Chunking(max_seconds=self.chunk_seconds, overlap_seconds=overlap, threshold=self.vad_threshold)
 
     def audio_decoder(self) -> IsolatedDecoder:
         """A decoder in child processes with these settings' caps (the caller closes it)."""

@@ -1,5 +1,8 @@
 """`aviary transcribe FILE...`: decode each file, transcribe it, write it in the chosen format.
 
+Each file takes the server's path: streamed from the decoder, cut at pauses into chunks, batched,
+merged (`aviary.engine.longform`), so a file of hours runs in bounded memory.
+
 A file that fails (unreadable, not audio, ...) prints one line naming it and its error code; the
 other files are still processed, and the exit status says whether any failed.
 """
@@ -10,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
+from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import Registry
 from aviary.errors import AviaryError
 from aviary.formats import parse_format, render
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
     from aviary.audio import IsolatedDecoder
     from aviary.config import Settings
-    from aviary.engine.base import Engine
+    from aviary.engine.batcher import Batcher
 
 EXTENSIONS = {"text": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
 
@@ -45,7 +49,7 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
         failed = 0
         for path in _progress([Path(f) for f in args.files], sys.stderr):
             try:
-                text = _one(engine, decoder, path, options, args.format)
+                text = _one(registry.batcher(engine), decoder, path, options, args.format, settings)
             except (AviaryError, OSError) as exc:
                 code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
                 reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
@@ -59,11 +63,13 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _one(engine: Engine, decoder: IsolatedDecoder, path: Path, options: TranscribeOptions, fmt: str) -> str:
+def _one(  # noqa: PLR0917  (one call site, every argument needed)
+    batcher: Batcher, decoder: IsolatedDecoder, path: Path, options: TranscribeOptions, fmt: str, settings: Settings
+) -> str:
     with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
         pass
-    audio = decoder.decode(path.resolve())
-    transcript = engine.transcribe([audio], [options])[0]
+    chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
+    transcript = transcribe_source(decoder, batcher, path.resolve(), options, chunking)
     return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
 
 

@@ -39,7 +39,7 @@ def _server(data_dir: Path, **env: str) -> Iterator[tuple[Jobs, subprocess.Popen
     settings = {
         "AVIARY_DATA_DIR": str(data_dir),
         "AVIARY_EXECUTOR_ID": "test-executor",
-        "AVIARY_JOB_CHUNK_SECONDS": str(CHUNK_SECONDS),
+        "AVIARY_CHUNK_SECONDS": str(CHUNK_SECONDS),
         "AVIARY_WEBHOOK_SECRET": SECRET,
         "AVIARY_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",

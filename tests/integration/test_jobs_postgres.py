@@ -35,7 +35,7 @@ def _environment(url: str, data: Path) -> dict[str, str]:
         **os.environ,
         "AVIARY_DATABASE_URL": url,
         "AVIARY_DATA_DIR": str(data),  # the API and the workers share it (one machine here; shared storage across)
-        "AVIARY_JOB_CHUNK_SECONDS": "10",
+        "AVIARY_CHUNK_SECONDS": "10",
         "AVIARY_HEARTBEAT_SECONDS": "0.5",
         "AVIARY_EXECUTOR_TIMEOUT": "3",
         "AVIARY_THREADS": "1",

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import requests
 
+from aviary.engine import longform
 from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
-from aviary.jobs.workflows import chunk_bounds
 from aviary.types import TranscribeOptions
 from tests.support.fixtures import MODELS, clip, golden
 from tools.fixtures import speech
@@ -56,9 +56,12 @@ def engine() -> Engine:
 def chunked(path: Path) -> str:
     """What a job must answer for `path`: the engine on each planned chunk, joined (exactly, nothing twice)."""
     audio, _ = speech.read_wav(path)
-    bounds = chunk_bounds(audio, CHUNK_SECONDS * speech.SAMPLE_RATE)
-    texts = [engine().transcribe([audio[a:b]], [TranscribeOptions()])[0].text for a, b in bounds]
-    return " ".join(text for text in texts if text)
+    planner = longform.Planner(longform.Chunking(max_seconds=CHUNK_SECONDS))
+    parts = [
+        longform.place(engine().transcribe([piece], [TranscribeOptions()])[0], span)
+        for span, piece in planner.plan([audio])
+    ]
+    return longform.join(parts, planner.seconds).text
 
 
 def submit(api: Jobs, path: Path, **headers: str) -> dict[str, Any]:

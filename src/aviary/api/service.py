@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import anyio.to_thread
 
+from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import KNOWN, Registry
 from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
 from aviary.jobs import Jobs
@@ -147,23 +148,24 @@ class Service:
         return await anyio.to_thread.run_sync(self.registry.get, name)  # the registry loads each model once
 
     async def transcribe(self, engine: Engine, path: Path, options: TranscribeOptions) -> Transcript:
-        """Decode the file at `path` and transcribe it, both off the event loop.
+        """Decode the file at `path` as a stream and transcribe it chunk by chunk, off the event loop.
 
-        Decoding happens inside the worker slot, so decoded audio is held for at most `workers`
-        requests at once: waiting requests hold only their upload, on disk.
+        Chunks go to the model's batcher, shared with every other request and job. Decoding
+        happens inside the worker slot, so at most `workers` requests hold decoded audio (each at
+        most its chunks in flight): waiting requests hold only their upload, on disk.
         """
         engine.info.check(options)
+        batcher = self.registry.batcher(engine)
+        chunking = self.settings.chunking(timestamps=engine.info.timestamps)
         async with self._inference:
             self._running += 1
             started = time.monotonic()
             try:
-                audio = await anyio.to_thread.run_sync(self.decoder.decode, path)
-                transcripts = await anyio.to_thread.run_sync(engine.transcribe, [audio], [options])
+                return await anyio.to_thread.run_sync(transcribe_source, self.decoder, batcher, path, options, chunking)
             finally:
                 self._running -= 1
                 elapsed = time.monotonic() - started
                 self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * elapsed
-        return transcripts[0]
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the job system, wait briefly for a load in progress, release the models and decoder processes."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from aviary.engine.batcher import Batcher
 from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
 from aviary.errors import ModelNotFoundError, ModelUnavailableError
 
@@ -112,6 +113,7 @@ class Registry:
         self.settings = settings
         self._loader = loader or self._load
         self._engines: dict[Source, Engine] = {}
+        self._batchers: dict[int, Batcher] = {}  # by id() of an engine they keep alive
         self._locks: dict[Source, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -158,6 +160,21 @@ class Registry:
                     self._engines[source] = engine
         return self._engines[source]
 
+    def batcher(self, engine: Engine) -> Batcher:
+        """The one batcher of a loaded `engine` (started on first use): every caller shares it."""
+        with self._guard:
+            if id(engine) not in self._batchers:
+                settings = self.settings
+                self._batchers[id(engine)] = Batcher(
+                    engine, max_batch=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+                )
+            return self._batchers[id(engine)]
+
+    def batchers(self) -> list[Batcher]:
+        """The batchers started so far."""
+        with self._guard:
+            return list(self._batchers.values())
+
     def loaded(self) -> list[Engine]:
         """Engines loaded so far."""
         with self._guard:
@@ -202,9 +219,12 @@ class Registry:
         return True
 
     def close(self) -> None:
-        """Close every loaded engine."""
+        """Stop every batcher (failing what waits), then close every loaded engine."""
         with self._guard:
+            batchers, self._batchers = list(self._batchers.values()), {}
             engines, self._engines = list(self._engines.values()), {}
+        for batcher in batchers:
+            batcher.close()
         for engine in engines:
             engine.close()
 

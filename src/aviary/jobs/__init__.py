@@ -177,6 +177,8 @@ class Jobs:
         if job.status in TERMINAL or not self.store.finish(job_id, "cancelled"):
             raise JobFinishedError(self.get(job_id).status)
         DBOS.cancel_workflow(job_id)
+        for batcher in self._registry.batchers():  # its chunk, if it still waits for a batch
+            batcher.cancel(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
         notify(job_id)
         return self.get(job_id)

@@ -1,0 +1,215 @@
+"""Dynamic batching across callers: one scheduler thread per loaded model.
+
+Sync requests, jobs and long-form chunks all `submit` single utterances and get a
+`concurrent.futures.Future` each. The scheduler thread takes up to `max_batch` pending items and
+runs them as one engine call:
+
+- **Short waits, only under load.** When an item arrives at an idle batcher and items have been
+  arriving slower than `max_wait` apart, it runs at once (a lone request pays no batching delay);
+  otherwise the batch waits up to `max_wait` to fill.
+- **Fair between callers.** Items are queued per owner (a request, a job); a batch takes them
+  round-robin, oldest owner first, so one 10-hour job's chunks cannot starve short requests.
+- **Little padding.** Among the items chosen, those shorter than half the longest wait for the next
+  batch (at the front of their owner's queue), unless that would leave the batch with one item.
+- **One failure fails one item.** When a batch raises, each of its items is run alone, and only
+  the ones that fail again get the error.
+- **Cancelling a caller removes its pending items**: `Future.cancel()` on an item not yet taken, or
+  `cancel(owner)` for all of them; a cancelled item never reaches the engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from aviary.engine.base import Engine
+    from aviary.types import Audio, TranscribeOptions, Transcript
+
+logger = logging.getLogger(__name__)
+
+_ARRIVAL_MEMORY: Final = 0.8  # weight of the past in the inter-arrival average
+
+
+@dataclass(eq=False)
+class _Item:
+    audio: Audio
+    options: TranscribeOptions
+    owner: Hashable
+    future: Future[Transcript] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What a batcher has done so far."""
+
+    batches: int
+    items: int
+    largest: int
+
+    @property
+    def mean_batch(self) -> float:
+        """Items per engine call."""
+        return self.items / self.batches if self.batches else 0.0
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed before the item ran."""
+
+
+class Batcher:
+    """Collects single utterances from many threads into engine batches."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 16, max_wait: float = 0.01) -> None:
+        """Start the scheduler thread for `engine`."""
+        self.engine = engine
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max(0.0, max_wait)
+        self._queues: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
+        self._pending = 0
+        self._condition = threading.Condition()
+        self._closed = False
+        self._last_arrival = 0.0
+        self._gap = float("inf")  # average seconds between arrivals
+        self._anonymous = itertools.count()
+        self._batches = self._items = self._largest = 0
+        self._thread = threading.Thread(target=self._run, name=f"aviary-batcher-{engine.info.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, audio: Audio, options: TranscribeOptions, *, owner: Hashable = None) -> Future[Transcript]:
+        """Queue one utterance; its future holds its transcript or its own error.
+
+        `owner` groups a caller's items for fairness and `cancel`; None: the item is its own owner.
+
+        Raises:
+            BatcherClosedError: the batcher is closed.
+        """
+        item = _Item(audio, options, owner if owner is not None else ("item", next(self._anonymous)))
+        with self._condition:
+            if self._closed:
+                raise BatcherClosedError(self.engine.info.name)
+            now = time.monotonic()
+            if self._last_arrival:
+                gap = now - self._last_arrival
+                past = self._gap if self._gap != float("inf") else gap
+                self._gap = _ARRIVAL_MEMORY * past + (1 - _ARRIVAL_MEMORY) * gap
+            self._last_arrival = now
+            self._queues.setdefault(item.owner, deque()).append(item)
+            self._pending += 1
+            self._condition.notify()
+        return item.future
+
+    def cancel(self, owner: Hashable) -> int:
+        """Cancel every pending item of `owner`; how many were cancelled."""
+        with self._condition:
+            items = self._queues.pop(owner, deque())
+            self._pending -= len(items)
+        return sum(item.future.cancel() for item in items)
+
+    @property
+    def pending(self) -> int:
+        """Items waiting for a batch."""
+        return self._pending
+
+    def stats(self) -> BatchStats:
+        """Batches run and items in them so far."""
+        with self._condition:
+            return BatchStats(self._batches, self._items, self._largest)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking items, fail the pending ones, and wait for the running batch."""
+        with self._condition:
+            self._closed = True
+            queues, self._queues = self._queues, OrderedDict()
+            self._pending = 0
+            self._condition.notify_all()
+        for queue in queues.values():
+            for item in queue:
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(BatcherClosedError(self.engine.info.name))
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _take(self) -> list[_Item] | None:
+        """The next batch (empty when every item taken was cancelled), or None once closed."""
+        with self._condition:
+            while not self._pending and not self._closed:
+                self._condition.wait()
+            if self._pending < self.max_batch and self._gap < self.max_wait:  # busy: let the batch fill
+                deadline = time.monotonic() + self.max_wait
+                while self._pending < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
+            if self._is_closed():
+                return None
+            return [item for item in self._round_robin() if item.future.set_running_or_notify_cancel()]
+
+    def _is_closed(self) -> bool:
+        return self._closed  # read through a call: another thread sets it while this one waits
+
+    def _round_robin(self) -> list[_Item]:
+        """Up to `max_batch` items, one per owner per turn, the longest-waiting owners first."""
+        chosen: list[_Item] = []
+        while self._queues and len(chosen) < self.max_batch:
+            for owner in list(self._queues):
+                queue = self._queues[owner]
+                chosen.append(queue.popleft())
+                self._pending -= 1
+                if not queue:
+                    del self._queues[owner]
+                else:
+                    self._queues.move_to_end(owner)
+                if len(chosen) == self.max_batch:
+                    break
+        longest = max((len(item.audio) for item in chosen), default=0)
+        keep = [item for item in chosen if 2 * len(item.audio) >= longest]
+        if len(keep) > 1 and len(keep) < len(chosen):
+            for item in reversed([item for item in chosen if 2 * len(item.audio) < longest]):
+                self._queues.setdefault(item.owner, deque()).appendleft(item)
+                self._queues.move_to_end(item.owner, last=False)
+                self._pending += 1
+            return keep
+        return chosen
+
+    def _execute(self, batch: list[_Item]) -> None:
+        with self._condition:
+            self._batches += 1
+            self._items += len(batch)
+            self._largest = max(self._largest, len(batch))
+        try:
+            transcripts = self.engine.transcribe([item.audio for item in batch], [item.options for item in batch])
+        except Exception as exc:  # noqa: BLE001  (delivered to the callers, one by one)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            logger.info("a batch of %d failed (%s); running its items one by one", len(batch), type(exc).__name__)
+            for item in batch:
+                self._alone(item)
+            return
+        for item, transcript in zip(batch, transcripts, strict=True):
+            item.future.set_result(transcript)
+
+    def _alone(self, item: _Item) -> None:
+        try:
+            transcript = self.engine.transcribe([item.audio], [item.options])[0]
+        except Exception as exc:  # noqa: BLE001  (this item's own error)
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(transcript)

@@ -1,0 +1,324 @@
+"""Audio of any length: cut at pauses into chunks a model can take, transcribe them, merge.
+
+`Planner` reads the decoder's stream, scores it with Silero VAD (`aviary.engine.vad`) and, whenever
+`max_seconds` of audio are buffered, cuts a chunk: in the longest pause found in the last two
+thirds of the window, or, where nobody paused, at the window's end with `overlap_seconds` of
+audio shared with the next chunk. Each chunk carries the span of the timeline whose words it owns
+(`Span.keep_*`): a pause cut gives both sides their own audio; an overlap is split in its middle,
+and a word belongs to the chunk that holds its midpoint, so a word cut by a window edge appears
+once, from the chunk that heard it whole. Chunks without speech are not transcribed, and the
+silence at a chunk's edges is trimmed (keeping `pad_seconds`), so silence costs almost nothing.
+Audio no longer than one chunk is never cut, trimmed or skipped: the model hears all of it, as it
+would without long-form, so a VAD miss cannot empty a short request.
+
+Memory is the buffer (one window plus one decoded block) and the chunks in flight, never the file.
+`place` moves a chunk's transcript onto the recording's clock and drops the words it does not
+own; `join` makes one transcript of the placed chunks. `transcribe_stream` runs the whole path
+for the sync API and the CLI; jobs (`aviary.jobs.workflows`) run the same pieces, one
+checkpointed step per chunk.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from aviary.engine.vad import FRAME, shared_vad
+from aviary.types import SAMPLE_RATE, Segment, Transcript, Word
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+    from concurrent.futures import Future
+    from pathlib import Path
+
+    import numpy.typing as npt
+
+    from aviary.audio import IsolatedDecoder
+    from aviary.engine.batcher import Batcher
+    from aviary.engine.vad import Vad
+    from aviary.types import Audio, TranscribeOptions
+
+
+OPEN_END: Final = 1 << 62
+"""`Span.keep_end` of the last chunk: it owns every word after its start (a model may time the last
+word a frame past the audio's end)."""
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How long audio is cut (seconds, and Silero's speech threshold)."""
+
+    max_seconds: float = 30.0
+    """The longest chunk a model is given."""
+    overlap_seconds: float = 2.0
+    """Audio shared by two chunks cut where there was no pause (0: a hard cut, for models without word times)."""
+    min_pause_seconds: float = 0.1
+    """The shortest silence a chunk is cut in."""
+    pad_seconds: float = 0.5
+    """Silence kept around the speech of a chunk whose edges are trimmed."""
+    threshold: float = 0.5
+    """Speech probability from which a frame is speech; a pause is below `threshold - 0.15`."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A chunk of the recording, in samples: what is transcribed, and whose words it keeps."""
+
+    start: int
+    end: int
+    keep_start: int
+    keep_end: int
+
+    @property
+    def seconds(self) -> float:
+        """Length of the transcribed audio."""
+        return (self.end - self.start) / SAMPLE_RATE
+
+    def to_list(self) -> list[int]:
+        """As JSON-able data (a job's checkpoint)."""
+        return [self.start, self.end, self.keep_start, self.keep_end]
+
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> Span:
+        """Back from `to_list`."""
+        return cls(*(int(v) for v in values))
+
+
+class Planner:
+    """Cuts one stream into chunks; `samples` counts what it has read."""
+
+    def __init__(self, chunking: Chunking | None = None, vad: Vad | None = None) -> None:
+        """Use `chunking` (defaults) and `vad` (the process's shared model)."""
+        self.chunking = chunking or Chunking()
+        self._vad = vad or shared_vad()
+        self.samples = 0
+        self.speech_seconds = 0.0
+        """Seconds of audio VAD heard as speech so far."""
+
+    @property
+    def seconds(self) -> float:
+        """Length of the audio read so far."""
+        return self.samples / SAMPLE_RATE
+
+    def plan(self, blocks: Iterable[Audio]) -> Iterator[tuple[Span, Audio]]:
+        """Every chunk with speech, in order, with its samples (a copy: the buffer moves on)."""
+        c = self.chunking
+        window = max(FRAME * 8, int(c.max_seconds * SAMPLE_RATE))
+        overlap = min(int(c.overlap_seconds * SAMPLE_RATE), window // 4)
+        stream = self._vad.stream()
+        buffer = np.zeros(0, dtype=np.float32)
+        start = keep = 0  # buffer[0] is sample `start`; the next chunk owns words from `keep`
+        probabilities = np.zeros(0, dtype=np.float32)  # frames from start // FRAME on
+        for block in blocks:
+            self.samples += len(block)
+            buffer = np.concatenate([buffer, block])
+            probabilities = np.concatenate([probabilities, stream.feed(block)])
+            while len(buffer) >= window:
+                cut, next_start = self._cut(probabilities, start, window, overlap)
+                next_keep = cut if next_start == cut else next_start + overlap // 2
+                chunk = self._chunk(buffer, probabilities, start, Span(start, cut, keep, next_keep))
+                if chunk is not None:
+                    yield chunk
+                drop = next_start - start
+                first_frame = start // FRAME
+                start, keep = next_start, next_keep
+                buffer = buffer[drop:].copy()
+                probabilities = probabilities[start // FRAME - first_frame :].copy()
+        if start == 0 and len(buffer):  # short audio is one chunk, given whole to the model whatever VAD says
+            yield Span(0, self.samples, 0, OPEN_END), buffer
+            return
+        probabilities = np.concatenate([probabilities, stream.flush()])
+        if len(buffer):
+            chunk = self._chunk(buffer, probabilities, start, Span(start, self.samples, keep, OPEN_END))
+            if chunk is not None:
+                yield chunk
+
+    def _cut(self, probabilities: npt.NDArray[np.float32], start: int, window: int, overlap: int) -> tuple[int, int]:
+        """Where the chunk starting at `start` ends, and where the next one starts."""
+        c = self.chunking
+        base = start // FRAME
+        low = -(-(start + window // 3) // FRAME)
+        high = (start + window) // FRAME
+        quiet = probabilities[low - base : high - base] < c.threshold - 0.15
+        best = _longest_run(quiet)
+        if best is not None and (best[1] - best[0]) * FRAME >= c.min_pause_seconds * SAMPLE_RATE:
+            first, last = best[0] + low, best[1] + low
+            cut = last * FRAME if last == high else (first + last) // 2 * FRAME
+            return cut, cut
+        return start + window, start + window - overlap
+
+    def _chunk(
+        self, buffer: Audio, probabilities: npt.NDArray[np.float32], start: int, span: Span
+    ) -> tuple[Span, Audio] | None:
+        """The span trimmed to its speech (None when it has none), with its samples."""
+        base = start // FRAME
+        first, last = span.start // FRAME - base, -(-span.end // FRAME) - base
+        speech = np.flatnonzero(probabilities[first:last] >= self.chunking.threshold)
+        if not len(speech):
+            return None
+        self.speech_seconds += len(speech) * FRAME / SAMPLE_RATE
+        pad = int(self.chunking.pad_seconds * SAMPLE_RATE)
+        begin = max(span.start, (base + first + int(speech[0])) * FRAME - pad)
+        end = min(span.end, (base + first + int(speech[-1]) + 1) * FRAME + pad)
+        trimmed = Span(begin, end, span.keep_start, span.keep_end)
+        return trimmed, buffer[begin - start : end - start].copy()
+
+
+def _longest_run(mask: npt.NDArray[np.bool_]) -> tuple[int, int] | None:
+    """[first, last) of the longest run of True (the latest of equals), or None."""
+    if not mask.any():
+        return None
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    lengths = ends - starts
+    best = len(lengths) - 1 - int(np.argmax(lengths[::-1]))
+    return int(starts[best]), int(ends[best])
+
+
+def place(transcript: Transcript, span: Span) -> Transcript:
+    """The chunk's transcript on the recording's clock, with only the words `span` keeps.
+
+    A model without word times keeps its whole text (its chunks are never overlapped).
+    """
+    offset = span.start / SAMPLE_RATE
+    low, high = span.keep_start / SAMPLE_RATE, span.keep_end / SAMPLE_RATE
+
+    def shift(word: Word) -> Word:
+        return Word(word.word, word.start + offset, word.end + offset, word.confidence)
+
+    def kept(start: float, end: float) -> bool:
+        return low <= (start + end) / 2 < high
+
+    if not transcript.timestamps or not transcript.segments:
+        text = transcript.text.strip()
+        whole = (Segment(text, offset, offset + span.seconds),) if text else ()
+        return Transcript(text, span.seconds, transcript.language, (), whole, transcript.tokens, timestamps=False)
+    segments: list[Segment] = []
+    trimmed = False
+    for segment in transcript.segments:
+        words = tuple(shift(w) for w in segment.words)
+        keep = tuple(w for w in words if kept(w.start, w.end))
+        if not words:
+            if kept(segment.start + offset, segment.end + offset):
+                segments.append(Segment(segment.text, segment.start + offset, segment.end + offset))
+            else:
+                trimmed = True
+        elif len(keep) == len(words):
+            segments.append(Segment(segment.text, segment.start + offset, segment.end + offset, words))
+        else:
+            trimmed = True
+            if keep:
+                segments.append(Segment(" ".join(w.word for w in keep), keep[0].start, keep[-1].end, keep))
+    words = tuple(shift(w) for w in transcript.words if kept(w.start + offset, w.end + offset))
+    text = " ".join(s.text.strip() for s in segments if s.text.strip()) if trimmed else transcript.text.strip()
+    tokens = () if trimmed else transcript.tokens
+    return Transcript(text, span.seconds, transcript.language, words, tuple(segments), tokens, timestamps=True)
+
+
+def join(parts: Sequence[Transcript], seconds: float) -> Transcript:
+    """One transcript of placed chunks, in order, over `seconds` of audio."""
+    if len(parts) == 1:
+        only = parts[0]
+        return Transcript(only.text, seconds, only.language, only.words, only.segments, only.tokens, only.timestamps)
+    return Transcript(
+        text=" ".join(p.text for p in parts if p.text),
+        duration=seconds,
+        language=next((p.language for p in parts if p.language), None),
+        words=tuple(w for p in parts for w in p.words),
+        segments=tuple(s for p in parts for s in p.segments),
+        timestamps=all(p.timestamps for p in parts),
+    )
+
+
+def transcribe_stream(
+    blocks: Iterable[Audio],
+    submit: Callable[[Audio], Future[Transcript]],
+    *,
+    chunking: Chunking | None = None,
+    ahead: int = 4,
+) -> Transcript:
+    """Plan `blocks`, hand each chunk to `submit` (up to `ahead` waiting at once), and join the results.
+
+    On any error the chunks still waiting are cancelled and the error is raised.
+    """
+    planner = Planner(chunking)
+    waiting: deque[tuple[Span, Future[Transcript]]] = deque()
+    parts: list[Transcript] = []
+    try:
+        for span, audio in planner.plan(blocks):
+            waiting.append((span, submit(audio)))
+            while len(waiting) >= max(1, ahead):
+                span_done, future = waiting.popleft()
+                parts.append(place(future.result(), span_done))
+        while waiting:
+            span_done, future = waiting.popleft()
+            parts.append(place(future.result(), span_done))
+    finally:
+        for _, future in waiting:
+            future.cancel()
+    return join(parts, planner.seconds)
+
+
+def dump(transcript: Transcript) -> dict[str, Any]:
+    """A placed transcript as JSON-able data (a job's checkpoint)."""
+
+    def word(w: Word) -> list[Any]:
+        return [w.word, w.start, w.end, w.confidence]
+
+    return {
+        "text": transcript.text,
+        "seconds": transcript.duration,
+        "language": transcript.language,
+        "timestamps": transcript.timestamps,
+        "words": [word(w) for w in transcript.words],
+        "segments": [[s.text, s.start, s.end, [word(w) for w in s.words]] for s in transcript.segments],
+        "tokens": list(transcript.tokens),
+    }
+
+
+def load(data: dict[str, Any]) -> Transcript:
+    """Back from `dump`."""
+
+    def word(values: list[Any]) -> Word:
+        return Word(str(values[0]), float(values[1]), float(values[2]), float(values[3]))
+
+    return Transcript(
+        text=str(data["text"]),
+        duration=float(data["seconds"]),
+        language=data["language"],
+        words=tuple(word(w) for w in data["words"]),
+        segments=tuple(
+            Segment(str(s[0]), float(s[1]), float(s[2]), tuple(word(w) for w in s[3])) for s in data["segments"]
+        ),
+        tokens=tuple(int(t) for t in data.get("tokens", ())),
+        timestamps=bool(data["timestamps"]),
+    )
+
+
+def transcribe_source(
+    decoder: IsolatedDecoder,
+    batcher: Batcher,
+    source: Path,
+    options: TranscribeOptions,
+    chunking: Chunking,
+    *,
+    owner: Hashable = None,
+) -> Transcript:
+    """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
+
+    Up to `batcher.max_batch` chunks wait at once, so one long file can fill a batch by itself.
+
+    Raises:
+        AudioError: the decoder refused the input (see `IsolatedDecoder.stream`).
+        InferenceError: the model failed on a chunk.
+    """
+    key = owner if owner is not None else object()
+    return transcribe_stream(
+        decoder.stream(source),
+        lambda audio: batcher.submit(audio, options, owner=key),
+        chunking=chunking,
+        ahead=batcher.max_batch,
+    )

@@ -1,0 +1,101 @@
+"""Long audio end to end: half an hour of digits as MP3, through the decoder, the planner and the batcher."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import requests
+
+from aviary.config import Settings
+from aviary.engine.batcher import Batcher
+from aviary.engine.longform import Chunking, transcribe_source
+from aviary.types import SAMPLE_RATE, TranscribeOptions
+from tests.support.jobs import engine
+from tests.support.longaudio import Recording, encode_mp3, long_recording, wer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aviary.types import Transcript
+    from tests.integration.conftest import Api
+
+OPTIONS = TranscribeOptions()
+CONTEXT = 0.2  # seconds of audio kept around an utterance transcribed on its own
+
+
+@pytest.fixture(scope="module")
+def half_hour(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recording, Path]:
+    recording = long_recording(1800, seed=0, unbroken=((600.0, 60.0), (1300.0, 75.0)))
+    path = tmp_path_factory.mktemp("longform") / "half-hour.mp3"
+    path.write_bytes(encode_mp3(recording))
+    return recording, path
+
+
+def _one_by_one(audio: np.ndarray, recording: Recording) -> list[str]:
+    pieces = [
+        audio[max(0, int((u.start - CONTEXT) * SAMPLE_RATE)) : int((u.end + CONTEXT) * SAMPLE_RATE)]
+        for u in recording.utterances
+    ]
+    texts = []
+    for first in range(0, len(pieces), 32):
+        batch = pieces[first : first + 32]
+        texts += [t.text for t in engine().transcribe(batch, [OPTIONS] * len(batch))]
+    return texts
+
+
+def _by_utterance(transcript: Transcript, recording: Recording) -> list[list[str]]:
+    """Each word given to the utterance whose span is nearest its middle (every word within 0.25 s of one)."""
+    starts = np.array([u.start for u in recording.utterances])
+    ends = np.array([u.end for u in recording.utterances])
+    heard: list[list[str]] = [[] for _ in recording.utterances]
+    for word in transcript.words:
+        middle = (word.start + word.end) / 2
+        distance = np.maximum(starts - middle, 0) + np.maximum(middle - ends, 0)
+        nearest = int(np.argmin(distance))
+        assert distance[nearest] <= 0.25, (word, recording.utterances[nearest])
+        heard[nearest].append(word.word)
+    return heard
+
+
+def test_half_an_hour_transcribes_as_well_as_its_utterances_one_by_one(half_hour: tuple[Recording, Path]) -> None:
+    recording, path = half_hour
+    decoder = Settings().audio_decoder()
+    batcher = Batcher(engine(), max_batch=16)
+    try:
+        transcript = transcribe_source(decoder, batcher, path, OPTIONS, Chunking(max_seconds=30.0))
+        decoded = decoder.decode(path)
+    finally:
+        batcher.close()
+        decoder.close()
+    alone = wer(recording.text, " ".join(t for t in _one_by_one(decoded, recording) if t))
+    whole = wer(recording.text, transcript.text)
+    assert whole <= alone + 0.01, (whole, alone)
+    assert transcript.duration == pytest.approx(recording.seconds, abs=0.05)
+    assert transcript.text == " ".join(s.text for s in transcript.segments)
+    # Word times are absolute: each word lies in its utterance, and read utterance by utterance
+    # the words say what was said (a shifted chunk would land its words in the wrong utterances).
+    heard = _by_utterance(transcript, recording)
+    placed = wer(recording.text, " ".join(w for words in heard for w in words))
+    assert placed <= alone + 0.01, (placed, alone)
+    missed = sum(not words for words in heard)
+    assert missed <= 0.01 * len(recording.utterances), missed
+
+
+def test_the_sync_api_transcribes_minutes_with_absolute_word_times(api: Api) -> None:
+    recording = long_recording(240, seed=9, unbroken=((90.0, 40.0),))
+    response = requests.post(
+        f"{api.url}/transcribe",
+        data={"model": "parakeet", "include_words": "true"},
+        files={"file": ("four-minutes.mp3", encode_mp3(recording), "audio/mpeg")},
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["duration"] == pytest.approx(recording.seconds, abs=0.05)
+    assert wer(recording.text, body["text"]) <= 0.05
+    last = recording.utterances[-1]
+    assert body["segments"][-1]["end"] == pytest.approx(last.end, abs=0.5)
+    assert body["words"][-1]["end"] == pytest.approx(last.end, abs=0.5)
+    assert [s["start"] for s in body["segments"]] == sorted(s["start"] for s in body["segments"])

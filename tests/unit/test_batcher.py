@@ -1,0 +1,177 @@
+"""The dynamic batcher: same results as one at a time, failures and cancels kept to their caller, fairness."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+
+from aviary.engine.batcher import Batcher, BatcherClosedError
+from aviary.errors import InferenceError
+from aviary.testing import FakeEngine
+from aviary.types import SAMPLE_RATE, TranscribeOptions
+from tests.support.jobs import engine as digits_engine
+from tests.support.longaudio import long_recording
+
+OPTIONS = TranscribeOptions()
+
+
+def _tone(seconds: float, marker: float = 0.1) -> np.ndarray:
+    return np.full(int(seconds * SAMPLE_RATE), marker, dtype=np.float32)
+
+
+class Gate:
+    """An engine's `text` that blocks its first call until opened, and records every item's length."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self.lengths: list[int] = []
+
+    def __call__(self, audio: np.ndarray) -> str:
+        self.entered.set()
+        self.opened.wait(10)
+        self.lengths.append(len(audio))
+        return f"len{len(audio)}"
+
+
+def test_mixed_lengths_in_batches_give_the_tokens_of_one_at_a_time() -> None:
+    engine = digits_engine()
+    recording = long_recording(120, seed=3)
+    pieces = [
+        recording.audio[int(u.start * SAMPLE_RATE) - 3200 : int(u.end * SAMPLE_RATE) + 3200]
+        for u in recording.utterances[:20]
+    ]
+    alone = [engine.transcribe([piece], [OPTIONS])[0] for piece in pieces]
+    batcher = Batcher(engine, max_batch=8, max_wait=0.05)
+    try:
+        together = [future.result(60) for future in [batcher.submit(piece, OPTIONS) for piece in pieces]]
+        stats = batcher.stats()
+    finally:
+        batcher.close()
+    assert stats.largest > 1, stats  # they were batched
+    assert [t.tokens for t in together] == [t.tokens for t in alone]
+    assert [t.words for t in together] == [t.words for t in alone]
+    assert sum(bool(t.text) for t in alone) == len(pieces)
+
+
+def test_an_item_that_raises_fails_alone() -> None:
+    gate = threading.Event()
+
+    def text(audio: np.ndarray) -> str:
+        gate.wait(10)
+        if audio[0] == np.float32(0.5):
+            name = "fake"
+            raise InferenceError(name)
+        return "fine"
+
+    engine = FakeEngine(text=text)
+    batcher = Batcher(engine, max_batch=8)
+    try:
+        first = batcher.submit(_tone(1.0), OPTIONS)  # runs alone, holding the thread while the rest queue up
+        rest = [batcher.submit(_tone(1.0, 0.5 if i == 2 else 0.1), OPTIONS) for i in range(5)]
+        gate.set()
+        assert first.result(10).text == "fine"
+        for i, future in enumerate(rest):
+            if i == 2:
+                with pytest.raises(InferenceError):
+                    future.result(10)
+            else:
+                assert future.result(10).text == "fine"
+    finally:
+        batcher.close()
+    assert [size for size, _ in engine.calls][:2] == [1, 5]  # the batch of five failed, then one by one
+
+
+def test_a_cancelled_callers_items_never_run() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate)
+    batcher = Batcher(engine, max_batch=16)
+    try:
+        blocker = batcher.submit(_tone(0.5), OPTIONS, owner="a")
+        assert gate.entered.wait(10)
+        withdrawn = [batcher.submit(_tone(2.0), OPTIONS, owner="job") for _ in range(3)]
+        single = batcher.submit(_tone(3.0), OPTIONS, owner="b")
+        kept = [batcher.submit(_tone(1.0), OPTIONS, owner="c") for _ in range(2)]
+        assert batcher.cancel("job") == 3
+        assert single.cancel()
+        gate.opened.set()
+        assert blocker.result(10).text == f"len{SAMPLE_RATE // 2}"
+        assert [f.result(10).text for f in kept] == [f"len{SAMPLE_RATE}"] * 2
+    finally:
+        batcher.close()
+    for future in [*withdrawn, single]:
+        with pytest.raises(CancelledError):
+            future.result(0)
+    assert sorted(gate.lengths) == sorted([SAMPLE_RATE // 2, SAMPLE_RATE, SAMPLE_RATE])
+
+
+def test_short_requests_are_not_starved_by_a_long_job() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate, delay=0.1)
+    batcher = Batcher(engine, max_batch=4)
+    try:
+        job = [batcher.submit(_tone(1.0), OPTIONS, owner="ten-hour-job") for _ in range(100)]
+        assert gate.entered.wait(10)
+        short = batcher.submit(_tone(1.0), OPTIONS)
+        gate.opened.set()
+        short.result(10)
+        done_before = sum(f.done() for f in job)
+        for future in job:
+            future.result(30)
+    finally:
+        batcher.close()
+    assert done_before <= 8, done_before  # the short one went into the second batch, not after the job
+
+
+def test_a_batch_keeps_lengths_close_and_sends_the_short_ones_next() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate)
+    batcher = Batcher(engine, max_batch=8)
+    try:
+        blocker = batcher.submit(_tone(0.1), OPTIONS)
+        assert gate.entered.wait(10)
+        lengths = [20.0, 1.0, 19.0, 2.0, 18.0, 1.5]
+        futures = [batcher.submit(_tone(s), OPTIONS) for s in lengths]
+        gate.opened.set()
+        blocker.result(10)
+        for future in futures:
+            future.result(10)
+    finally:
+        batcher.close()
+    assert [size for size, _ in engine.calls] == [1, 3, 3]
+    assert gate.lengths[1:4] == [int(s * SAMPLE_RATE) for s in (20.0, 19.0, 18.0)]
+
+
+def test_closing_fails_what_waits_and_refuses_more() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate)
+    batcher = Batcher(engine)
+    running = batcher.submit(_tone(0.1), OPTIONS)
+    assert gate.entered.wait(10)
+    waiting = batcher.submit(_tone(0.1), OPTIONS)
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    with pytest.raises(BatcherClosedError):
+        waiting.result(10)
+    gate.opened.set()
+    closer.join(10)
+    assert running.result(10).text == "len1600"
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(_tone(0.1), OPTIONS)
+
+
+def test_a_lone_request_runs_at_once_and_a_busy_stream_is_batched() -> None:
+    engine = FakeEngine(delay=0.05)
+    batcher = Batcher(engine, max_batch=8, max_wait=0.2)
+    try:
+        batcher.submit(_tone(0.5), OPTIONS).result(10)
+        assert [size for size, _ in engine.calls] == [1]
+        futures = [batcher.submit(_tone(0.5), OPTIONS) for _ in range(24)]
+        for future in futures:
+            future.result(10)
+    finally:
+        batcher.close()
+    assert max(size for size, _ in engine.calls) == 8
