@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import openai
 import pytest
 import requests
 
@@ -99,3 +101,26 @@ def test_the_sync_api_transcribes_minutes_with_absolute_word_times(api: Api) -> 
     assert body["segments"][-1]["end"] == pytest.approx(last.end, abs=0.5)
     assert body["words"][-1]["end"] == pytest.approx(last.end, abs=0.5)
     assert [s["start"] for s in body["segments"]] == sorted(s["start"] for s in body["segments"])
+
+
+def test_openai_streaming_sends_each_chunk_as_it_is_transcribed(api: Api) -> None:
+    recording = long_recording(150, seed=10)
+    client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0)
+    arrivals: list[tuple[float, str]] = []
+    deltas: list[str] = []
+    done = ""
+    started = time.monotonic()
+    stream = client.audio.transcriptions.create(
+        model="whisper-1", file=("minutes.mp3", encode_mp3(recording)), stream=True
+    )
+    for event in stream:
+        arrivals.append((time.monotonic() - started, event.type))
+        if event.type == "transcript.text.done":
+            done = event.text
+        else:
+            assert event.type == "transcript.text.delta"
+            deltas.append(event.delta)
+    assert "".join(deltas) == done
+    assert wer(recording.text, done) <= 0.05
+    assert len(deltas) >= 150 // 30  # at least one per chunk
+    assert arrivals[-1][1] == "transcript.text.done"

@@ -7,35 +7,40 @@ Clients of OpenAI's audio API work by changing only the base URL. Bodies follow 
 `temperature` are accepted and unused (greedy decoding, no prompting). Translations go to English,
 and Canary needs the spoken `language` to translate (it does not detect it).
 
-`stream=true` answers with server-sent events: one `transcript.text.delta` per segment, then
-`transcript.text.done` with the whole text. The events are sent once the transcript is ready;
-per-chunk events as long audio is transcribed come with long-form transcription (TODO(#7)).
+`stream=true` answers with server-sent events: one `transcript.text.delta` per segment, sent as
+each chunk of long audio is transcribed, then `transcript.text.done` with the whole text. The first
+chunk is awaited before the response starts, so an unusable file is still a 4xx; an error after
+that ends the stream with an `error` event (OpenAI's error object).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from typing import TYPE_CHECKING, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from aviary.api.errors import OPENAI_PREFIX, error_body, status_of
 from aviary.api.schemas import ModelList, ModelObject, OpenAIForm, multipart_body, validate_form
 from aviary.api.transcribe import ERRORS, admitted_upload
 from aviary.engine.registry import KNOWN
-from aviary.errors import InvalidOptionError, ModelNotFoundError
+from aviary.errors import AviaryError, InvalidOptionError, ModelNotFoundError
 from aviary.formats import media_type, parse_format, render, timed_segments
 from aviary.types import Task, TranscribeOptions
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
     from aviary.api.service import Service
     from aviary.engine.base import Engine
     from aviary.types import Transcript
 
 router = APIRouter(prefix="/v1")
+logger = logging.getLogger(__name__)
 
 OPENAI_MODELS: Final = frozenset(
     {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"}
@@ -98,7 +103,8 @@ def _model(name: str, created: int) -> ModelObject:
 
 
 async def _run(request: Request, task: Task) -> Response:
-    async with admitted_upload(request) as (service, form):
+    async with contextlib.AsyncExitStack() as stack:
+        service, form = await stack.enter_async_context(admitted_upload(request))
         fields, upload = validate_form(OpenAIForm, form)
         fmt = parse_format(fields.response_format)
         if fields.stream and fmt not in _STREAMABLE:
@@ -106,9 +112,11 @@ async def _run(request: Request, task: Task) -> Response:
         engine = await service.engine(_model_name(service, fields.model))
         options = _options(engine, fields, task)
         engine.info.check(options)
+        if fields.stream:
+            parts = service.transcribe_parts(engine, upload.path, options)
+            first = await anext(parts)  # errors before the first chunk keep their status
+            return StreamingResponse(_events(first, parts, stack.pop_all()), media_type="text/event-stream")
         transcript = await service.transcribe(engine, upload.path, options)
-    if fields.stream:
-        return StreamingResponse(_events(transcript), media_type="text/event-stream")
     body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities)
     return Response(body, media_type=media_type(fmt))
 
@@ -136,11 +144,31 @@ def _options(engine: Engine, fields: OpenAIForm, task: Task) -> TranscribeOption
     return TranscribeOptions(language=language)
 
 
-def _events(transcript: Transcript) -> Iterator[str]:
-    for index, segment in enumerate(timed_segments(transcript)):
-        delta = segment.text if index == 0 else " " + segment.text
-        yield _event({"type": "transcript.text.delta", "delta": delta})
-    yield _event({"type": "transcript.text.done", "text": transcript.text})
+async def _events(
+    first: tuple[bool, Transcript], rest: AsyncGenerator[tuple[bool, Transcript]], owned: contextlib.AsyncExitStack
+) -> AsyncIterator[str]:
+    """Deltas for each chunk's segments as they come, then the whole text.
+
+    `owned` (the upload, the request's place) is released when the stream ends or the client leaves.
+    """
+    async with owned, contextlib.aclosing(rest):
+        sent = False
+        item: tuple[bool, Transcript] | None = first
+        while item is not None:
+            last, transcript = item
+            if last:
+                yield _event({"type": "transcript.text.done", "text": transcript.text})
+                return
+            for segment in timed_segments(transcript):
+                yield _event({"type": "transcript.text.delta", "delta": (" " if sent else "") + segment.text})
+                sent = True
+            try:
+                item = await anext(rest)
+            except AviaryError as exc:
+                logger.warning("a streamed transcription failed after its first chunk: [%s] %s", exc.code, exc)
+                body = error_body(str(exc), exc.code, status_of(exc, OPENAI_PREFIX), param=exc.param)
+                yield f"data: {json.dumps({'type': 'error', 'error': body['error']}, ensure_ascii=False)}\n\n"
+                return
 
 
 def _event(data: dict[str, str]) -> str:

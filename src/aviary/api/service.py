@@ -11,6 +11,8 @@ refusals, never into unbounded memory.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -27,7 +29,7 @@ from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
 from aviary.jobs import Jobs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncGenerator, Iterator
     from pathlib import Path
 
     from aviary.audio import IsolatedDecoder
@@ -56,6 +58,10 @@ class Health:
     model_name: str
     device: str | None = None
     reason: str | None = None
+
+
+class _StreamClosedError(Exception):
+    """The client of a streamed transcription went away."""
 
 
 class Service:
@@ -166,6 +172,55 @@ class Service:
                 self._running -= 1
                 elapsed = time.monotonic() - started
                 self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * elapsed
+
+    async def transcribe_parts(
+        self, engine: Engine, path: Path, options: TranscribeOptions
+    ) -> AsyncGenerator[tuple[bool, Transcript]]:
+        """As `transcribe`, streaming: `(False, part)` for each chunk as it is ready, then `(True, whole)`.
+
+        The worker slot is held until the generator ends; closing it early stops the transcription
+        before its next chunk.
+        """
+        engine.info.check(options)
+        batcher = self.registry.batcher(engine)
+        chunking = self.settings.chunking(timestamps=engine.info.timestamps)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[tuple[bool, Transcript] | BaseException] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def tell(item: tuple[bool, Transcript] | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                loop.call_soon_threadsafe(ready.put_nowait, item)
+
+        def on_part(part: Transcript) -> None:
+            if stopped.is_set():
+                raise _StreamClosedError
+            tell((False, part))
+
+        def work() -> None:
+            try:
+                whole = transcribe_source(self.decoder, batcher, path, options, chunking, on_part=on_part)
+            except BaseException as exc:  # noqa: BLE001  (handed to the request, which raises it)
+                tell(exc)
+            else:
+                tell((True, whole))
+
+        borrower = object()  # the slot is taken in the request's task and may be given back in the response's
+        await self._inference.acquire_on_behalf_of(borrower)
+        self._running += 1
+        threading.Thread(target=work, name="aviary-stream", daemon=True).start()
+        try:
+            while True:
+                item = await ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item[0]:
+                    return
+        finally:
+            stopped.set()
+            self._running -= 1
+            self._inference.release_on_behalf_of(borrower)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the job system, wait briefly for a load in progress, release the models and decoder processes."""

@@ -239,10 +239,12 @@ def transcribe_stream(
     *,
     chunking: Chunking | None = None,
     ahead: int = 4,
+    on_part: Callable[[Transcript], None] | None = None,
 ) -> Transcript:
     """Plan `blocks`, hand each chunk to `submit` (up to `ahead` waiting at once), and join the results.
 
-    On any error the chunks still waiting are cancelled and the error is raised.
+    `on_part` sees each placed chunk as soon as it and those before it are done (streaming). On any
+    error, its own included, the chunks still waiting are cancelled and the error is raised.
     """
     planner = Planner(chunking)
     waiting: deque[tuple[Span, Future[Transcript]]] = deque()
@@ -251,15 +253,21 @@ def transcribe_stream(
         for span, audio in planner.plan(blocks):
             waiting.append((span, submit(audio)))
             while len(waiting) >= max(1, ahead):
-                span_done, future = waiting.popleft()
-                parts.append(place(future.result(), span_done))
+                parts.append(_done(waiting.popleft(), on_part))
         while waiting:
-            span_done, future = waiting.popleft()
-            parts.append(place(future.result(), span_done))
+            parts.append(_done(waiting.popleft(), on_part))
     finally:
         for _, future in waiting:
             future.cancel()
     return join(parts, planner.seconds)
+
+
+def _done(item: tuple[Span, Future[Transcript]], on_part: Callable[[Transcript], None] | None) -> Transcript:
+    span, future = item
+    part = place(future.result(), span)
+    if on_part is not None:
+        on_part(part)
+    return part
 
 
 def dump(transcript: Transcript) -> dict[str, Any]:
@@ -306,10 +314,12 @@ def transcribe_source(
     chunking: Chunking,
     *,
     owner: Hashable = None,
+    on_part: Callable[[Transcript], None] | None = None,
 ) -> Transcript:
     """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
 
-    Up to `batcher.max_batch` chunks wait at once, so one long file can fill a batch by itself.
+    Up to `batcher.max_batch` chunks wait at once, so one long file can fill a batch by itself;
+    `on_part` sees each chunk's placed transcript in order, as it is ready.
 
     Raises:
         AudioError: the decoder refused the input (see `IsolatedDecoder.stream`).
@@ -321,4 +331,5 @@ def transcribe_source(
         lambda audio: batcher.submit(audio, options, owner=key),
         chunking=chunking,
         ahead=batcher.max_batch,
+        on_part=on_part,
     )
