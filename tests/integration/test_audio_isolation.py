@@ -124,6 +124,31 @@ def test_children_are_reused_and_serve_threads_at_once(long_flac: bytes) -> None
     assert not (pool & _children())
 
 
+def test_the_pool_keeps_as_many_children_as_were_busy_then_shrinks_back(long_flac: bytes) -> None:
+    decoder = IsolatedDecoder(AudioLimits(chunk_seconds=1.0), idle=1, pool_memory_seconds=3.0)
+    try:
+        streams = [decoder.stream(long_flac) for _ in range(4)]
+        for stream in streams:  # four busy at once
+            next(stream)
+        busy = _children()
+        assert len(busy) == 4
+        for stream in streams:
+            for _ in stream:
+                pass
+        assert _children() == busy  # all four kept: the next crowd starts no process
+        for _ in range(3):
+            decoder.decode(long_flac)
+        assert _children() == busy
+        time.sleep(3.5)  # quiet for longer than the pool remembers
+        decoder.decode(long_flac)
+        deadline = time.monotonic() + 10
+        while len(_children()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children()) == 1
+    finally:
+        decoder.close()
+
+
 def test_a_child_cannot_take_more_memory_than_allowed() -> None:
     # A 460 MB input (10 minutes of 192 kHz float WAV) sent to a child limited to 300 MB of address space:
     # the allocation is refused in the child, which answers with a domain error instead of dying.
