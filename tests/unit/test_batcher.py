@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import CancelledError
 
 import numpy as np
@@ -58,9 +59,10 @@ def test_mixed_lengths_in_batches_give_the_tokens_of_one_at_a_time() -> None:
 
 
 def test_an_item_that_raises_fails_alone() -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def text(audio: np.ndarray) -> str:
+        entered.set()
         gate.wait(10)
         if audio[0] == np.float32(0.5):
             name = "fake"
@@ -71,6 +73,7 @@ def test_an_item_that_raises_fails_alone() -> None:
     batcher = Batcher(engine, max_batch=8)
     try:
         first = batcher.submit(_tone(1.0), OPTIONS)  # runs alone, holding the thread while the rest queue up
+        assert entered.wait(10)
         rest = [batcher.submit(_tone(1.0, 0.5 if i == 2 else 0.1), OPTIONS) for i in range(5)]
         gate.set()
         assert first.result(10).text == "fine"
@@ -175,3 +178,33 @@ def test_a_lone_request_runs_at_once_and_a_busy_stream_is_batched() -> None:
     finally:
         batcher.close()
     assert max(size for size, _ in engine.calls) == 8
+
+
+def test_a_batch_waits_for_an_item_a_caller_is_preparing() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate)
+    batcher = Batcher(engine, max_batch=8, max_wait=0.001)
+    submitted = threading.Event()
+
+    def prepare_then_submit() -> None:
+        with batcher.preparing():
+            gate.opened.wait(10)
+            time.sleep(0.05)  # decoding
+            futures.append(batcher.submit(_tone(1.0), OPTIONS))
+            submitted.set()
+
+    futures = [batcher.submit(_tone(0.5), OPTIONS)]
+    try:
+        assert gate.entered.wait(10)
+        futures.append(batcher.submit(_tone(1.0), OPTIONS))
+        preparer = threading.Thread(target=prepare_then_submit)
+        preparer.start()
+        time.sleep(2.0)  # the first batch runs 2 s: the next may wait up to 0.5 s for a caller still preparing
+        gate.opened.set()
+        preparer.join(10)
+        assert submitted.is_set()
+        for future in futures:
+            future.result(10)
+    finally:
+        batcher.close()
+    assert [size for size, _ in engine.calls] == [1, 2]

@@ -20,6 +20,7 @@ checkpointed step per chunk.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -32,6 +33,7 @@ from aviary.types import SAMPLE_RATE, Segment, Transcript, Word
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
     from concurrent.futures import Future
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
     import numpy.typing as npt
@@ -112,10 +114,14 @@ class Planner:
         buffer = np.zeros(0, dtype=np.float32)
         start = keep = 0  # buffer[0] is sample `start`; the next chunk owns words from `keep`
         probabilities = np.zeros(0, dtype=np.float32)  # frames from start // FRAME on
+        unscored: list[Audio] = []  # VAD runs only once a cut is needed: never on audio of one chunk
         for block in blocks:
             self.samples += len(block)
             buffer = np.concatenate([buffer, block])
-            probabilities = np.concatenate([probabilities, stream.feed(block)])
+            unscored.append(block)
+            if len(buffer) >= window:
+                probabilities = np.concatenate([probabilities, *(stream.feed(b) for b in unscored)])
+                unscored = []
             while len(buffer) >= window:
                 cut, next_start = self._cut(probabilities, start, window, overlap)
                 next_keep = cut if next_start == cut else next_start + overlap // 2
@@ -130,7 +136,7 @@ class Planner:
         if start == 0 and len(buffer):  # short audio is one chunk, given whole to the model whatever VAD says
             yield Span(0, self.samples, 0, OPEN_END), buffer
             return
-        probabilities = np.concatenate([probabilities, stream.flush()])
+        probabilities = np.concatenate([probabilities, *(stream.feed(b) for b in unscored), stream.flush()])
         if len(buffer):
             chunk = self._chunk(buffer, probabilities, start, Span(start, self.samples, keep, OPEN_END))
             if chunk is not None:
@@ -240,8 +246,11 @@ def transcribe_stream(
     chunking: Chunking | None = None,
     ahead: int = 4,
     on_part: Callable[[Transcript], None] | None = None,
+    preparing: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> Transcript:
     """Plan `blocks`, hand each chunk to `submit` (up to `ahead` waiting at once), and join the results.
+
+    `preparing` is held while the next chunk is planned (the batcher's hint that one is coming).
 
     `on_part` sees each placed chunk as soon as it and those before it are done (streaming). On any
     error, its own included, the chunks still waiting are cancelled and the error is raised.
@@ -249,9 +258,15 @@ def transcribe_stream(
     planner = Planner(chunking)
     waiting: deque[tuple[Span, Future[Transcript]]] = deque()
     parts: list[Transcript] = []
+    chunks = planner.plan(blocks)
     try:
-        for span, audio in planner.plan(blocks):
-            waiting.append((span, submit(audio)))
+        while True:
+            with preparing() if preparing is not None else contextlib.nullcontext():
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    waiting.append((chunk[0], submit(chunk[1])))
+            if chunk is None:
+                break
             while len(waiting) >= max(1, ahead):
                 parts.append(_done(waiting.popleft(), on_part))
         while waiting:
@@ -318,7 +333,8 @@ def transcribe_source(
 ) -> Transcript:
     """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
 
-    Up to `batcher.max_batch` chunks wait at once, so one long file can fill a batch by itself;
+    Up to twice `batcher.max_batch` chunks wait at once, so one long file fills a batch by itself
+    and the next batch is queued while one runs (planning a chunk takes a while: decoding and VAD);
     `on_part` sees each chunk's placed transcript in order, as it is ready.
 
     Raises:
@@ -330,6 +346,7 @@ def transcribe_source(
         decoder.stream(source),
         lambda audio: batcher.submit(audio, options, owner=key),
         chunking=chunking,
-        ahead=batcher.max_batch,
+        ahead=2 * batcher.max_batch,
         on_part=on_part,
+        preparing=batcher.preparing,
     )
