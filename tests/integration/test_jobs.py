@@ -10,9 +10,11 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import jiwer
@@ -25,9 +27,7 @@ from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_o
 from tests.support.server import AVIARY, free_port, server
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterator
-    from pathlib import Path
 
 
 SECRET = "whsec_" + base64.b64encode(b"aviary test webhook secret 32b!").decode()
@@ -307,3 +307,44 @@ def test_twenty_random_cancels_each_stop_their_job_and_the_worker_goes_on(jobs: 
         assert not (jobs.data_dir / "jobs" / f"{job_id}.f32").exists()
     follow = submit(jobs, recording(tmp_path, 1, seed=499)[0])["job_id"]
     until(jobs, follow, {"completed"}, seconds=30)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    lines = Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines()
+    return next(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
+
+
+def _ten_hours_with_a_few_words(tmp_path: Path) -> tuple[Path, list[float]]:
+    """35 990 s of silence (FLAC, built by sox as a stream) with one digit clip at three places."""
+    clip = AUDIO / "en-digits-6.wav"
+    places = [600.0, 5 * 3600.0, 9.9 * 3600.0]
+    pieces, before = [], 0.0
+    clip_seconds = float(subprocess.run(["soxi", "-D", str(clip)], capture_output=True, text=True, check=True).stdout)
+    for number, at in enumerate(places):
+        piece = tmp_path / f"piece-{number}.flac"
+        subprocess.run(["sox", str(clip), str(piece), "pad", f"{at - before:.3f}", "0"], check=True)
+        pieces.append(str(piece))
+        before = at + clip_seconds
+    tail = tmp_path / "tail.flac"
+    subprocess.run(["sox", str(clip), str(tail), "trim", "0", "0.01", "pad", "0", f"{35_990 - before:.3f}"], check=True)
+    path = tmp_path / "ten-hours.flac"
+    subprocess.run(["sox", *pieces, str(tail), str(path)], check=True)
+    return path, places
+
+
+def test_a_ten_hour_file_of_silence_and_a_few_words_finishes_in_bounded_memory(tmp_path: Path) -> None:
+    path, places = _ten_hours_with_a_few_words(tmp_path)
+    with _server(tmp_path / "data") as (api, process):
+        before = _peak_rss_mb(process.pid)
+        job_id = submit(api, path)["job_id"]
+        done = until(api, job_id, {"completed", "failed"}, seconds=900)
+        peak = _peak_rss_mb(process.pid)
+    assert done["status"] == "completed", done
+    assert done["result"]["duration"] == pytest.approx(35_990, abs=1)
+    assert jiwer.wer(" ".join(["two seven one eight two eight"] * 3), done["result"]["text"]) <= 0.2
+    starts = [segment["start"] for segment in done["result"]["segments"]]
+    assert all(any(abs(start - at) < 1.5 for at in places) for start in starts), starts
+    assert {min(places, key=lambda at: abs(at - start)) for start in starts} == set(places)
+    # Ten hours of float32 samples would be 2.3 GB: the server holds a window and a chunk, not the file.
+    assert peak - before < 400, (before, peak)
+    assert not any((api.data_dir / "jobs").iterdir())
