@@ -177,11 +177,15 @@ class Jobs:
         if job.status in TERMINAL or not self.store.finish(job_id, "cancelled"):
             raise JobFinishedError(self.get(job_id).status)
         DBOS.cancel_workflow(job_id)
-        for batcher in self._registry.batchers():  # its chunk, if it still waits for a batch
-            batcher.cancel(job_id)
+        self._withdraw(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
         notify(job_id)
         return self.get(job_id)
+
+    def _withdraw(self, job_id: str) -> None:
+        """Take the job's chunk out of its batcher if it still waits for a batch."""
+        for batcher in self._registry.batchers():
+            batcher.cancel(job_id)
 
     def delete(self, job_id: str) -> None:
         """Cancel the job if it runs, then forget it: row, workflow record, audio.
@@ -197,6 +201,7 @@ class Jobs:
         if job.status not in TERMINAL:
             self.store.finish(job_id, "cancelled")
             DBOS.cancel_workflow(job_id)
+            self._withdraw(job_id)
         DBOS.delete_workflow(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
         self.store.delete(job_id)
