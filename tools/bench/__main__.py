@@ -1,4 +1,4 @@
-"""Run a benchmark: `python -m tools.bench engines|cuda|clips [options]` (`--help` lists them)."""
+"""Run a benchmark: `python -m tools.bench NAME [options]` (`--help` lists the names and options)."""
 
 from __future__ import annotations
 
@@ -14,28 +14,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "cuda", "clips", "audio", "server", "jobs"),
+        choices=("engines", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile"),
         help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
         " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads;"
-        " jobs: the job path vs /transcribe (--jobs)",
+        " jobs: the job path vs /transcribe (--jobs); batching: concurrent clients, batcher vs batch 1 vs onnx-asr"
+        " (--clients, --requests); longfile: one long recording vs the same audio as 30 s clips (--hours)",
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; longfile: 1)")
     parser.add_argument("--int8", action="store_true", help="also an int8-quantized encoder (and its WER cost)")
     parser.add_argument("--nemo", action="store_true", help="also NeMo's own batched transcribe (needs model.nemo)")
     parser.add_argument("--nemo-only", action="store_true", help="only Aviary vs NeMo, at batch 1 and --batch")
     parser.add_argument("--concurrent", type=int, default=32, help="server: uploads at once")
     parser.add_argument("--jobs", type=int, default=200, help="jobs: short jobs per round")
+    parser.add_argument("--clients", type=int, default=16, help="batching: concurrent HTTP clients")
+    parser.add_argument("--requests", type=int, default=4, help="batching: 10 s clips each client sends per round")
+    parser.add_argument("--hours", type=float, default=3.0, help="longfile: length of the recording")
     parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
     parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.benchmark == "longfile" else 3
 
-    if args.benchmark in {"jobs", "server"}:
-        return _emit(_http(args), args.out)
+    if args.benchmark in {"jobs", "server", "batching", "longfile"}:
+        return _emit(_longfile(args) if args.benchmark == "longfile" else _http(args), args.out)
     from tools.bench import audio as audio_bench
     from tools.bench import clips, cuda, engines
 
@@ -67,11 +73,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _http(args: argparse.Namespace) -> dict[str, object]:
     """The benchmarks that drive a real server process."""
-    from tools.bench import jobs, server
+    from tools.bench import batching, jobs, server
 
+    if args.benchmark == "batching":
+        return batching.run(
+            args.model,
+            threads=args.threads,
+            rounds=args.rounds,
+            clients=args.clients,
+            requests_per_client=args.requests,
+            batch=args.batch,
+        )
     if args.benchmark == "jobs":
         return jobs.run(args.model, threads=args.threads, rounds=args.rounds, jobs=args.jobs)
     return server.run(args.model, threads=args.threads, rounds=args.rounds, concurrent=args.concurrent)
+
+
+def _longfile(args: argparse.Namespace) -> dict[str, object]:
+    """The long-recording benchmark (it measures in a fresh process of its own)."""
+    from tools.bench import longfile
+
+    return longfile.run(args.model, threads=args.threads, hours=args.hours, rounds=args.rounds, batch=args.batch)
 
 
 def _emit(report: dict[str, object], out: Path | None) -> int:
