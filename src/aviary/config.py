@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         description="Most samples decoded per input before resampling, all channels (10 h of 48 kHz stereo).",
     )
     decode_timeout: float = Field(default=600.0, gt=0, description="Seconds a decoder may work on one input.")
-    decoder_processes: int = Field(default=2, ge=1, description="Idle decoder processes kept ready.")
+    decoder_processes: int = Field(
+        default=2, ge=1, description="Idle decoder processes kept ready at least (more while many were busy lately)."
+    )
     decoder_memory_mb: int | None = Field(
         default=None, gt=0, description="Address-space limit per decoder process (default: 1 GiB + 2x the upload cap)."
     )

@@ -97,11 +97,11 @@ def prepare(job_id: str) -> dict[str, Any] | None:
     rt.store.update(job_id, status="processing", started_at=time.time())
     target = audio_file(rt.settings, job_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    engine = rt.registry.get(job.options["model"])
-    planner = longform.Planner(rt.settings.chunking(timestamps=engine.info.timestamps))
     spans: list[list[int]] = []
     written = 0
     try:
+        engine = rt.registry.get(job.options["model"])
+        planner = longform.Planner(rt.settings.chunking(timestamps=engine.info.timestamps))
         with target.open("wb") as out:
             for span, samples in planner.plan(_watched(rt, job_id, Path(job.audio_path))):
                 out.write(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
