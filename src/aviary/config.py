@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Under load, how long a batch may wait to fill (an item at an idle server runs at once).",
     )
+    batch_max_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most audio in one model call, padded (items x the longest): bounds a batch's memory. "
+        "Default: 60 s on the CPU (activations live in RAM, about 20 MB per second for Parakeet 0.6B), "
+        "480 s on CUDA.",
+    )
     chunk_seconds: float = Field(
         default=30.0,
         ge=5.0,
@@ -157,6 +164,12 @@ class Settings(BaseSettings):
             max_input_samples=self.max_decoded_samples,
             timeout_seconds=self.decode_timeout,
         )
+
+    def batch_seconds(self, device: str) -> float:
+        """The padded audio one batch may hold on `device` ("cpu" or "cuda")."""
+        if self.batch_max_seconds is not None:
+            return self.batch_max_seconds
+        return 480.0 if device == "cuda" else 60.0
 
     def chunking(self, *, timestamps: bool = True) -> Chunking:
         """How long audio is cut, for a model with (or without: no overlap) word times."""

@@ -208,3 +208,24 @@ def test_a_batch_waits_for_an_item_a_caller_is_preparing() -> None:
     finally:
         batcher.close()
     assert [size for size, _ in engine.calls] == [1, 2]
+
+
+def test_a_batch_holds_at_most_max_seconds_of_padded_audio() -> None:
+    gate = Gate()
+    engine = FakeEngine(text=gate)
+    batcher = Batcher(engine, max_batch=16, max_seconds=3.0)
+    try:
+        blocker = batcher.submit(_tone(0.1), OPTIONS)
+        assert gate.entered.wait(10)
+        futures = [batcher.submit(_tone(s), OPTIONS) for s in (1.0, 1.0, 0.9, 1.0, 5.0, 1.0, 1.0)]
+        gate.opened.set()
+        for future in [blocker, *futures]:
+            future.result(10)
+    finally:
+        batcher.close()
+    sizes = [size for size, _ in engine.calls]
+    assert sizes[0] == 1
+    assert sum(sizes) == 8
+    assert max(sizes) == 3  # 3 x 1 s fit in 3 s
+    assert sizes[-1] == 1  # the 5 s item, alone
+    assert gate.lengths[-1] == 5 * SAMPLE_RATE

@@ -125,7 +125,8 @@ def measure(
     )
     decoder = settings.audio_decoder()
     decoder.warm()
-    batcher = Batcher(engine, max_batch=batch, max_wait=settings.batch_wait_ms / 1000)
+    max_seconds = settings.batch_seconds(engine.info.device)  # the server's cap on a batch's padded audio
+    batcher = Batcher(engine, max_batch=batch, max_wait=settings.batch_wait_ms / 1000, max_seconds=max_seconds)
     chunking = settings.chunking(timestamps=engine.info.timestamps)
     options = TranscribeOptions()
     times: dict[str, list[float]] = {LONG: [], CLIPS: []}
@@ -169,6 +170,7 @@ def measure(
     return {
         "threads": threads,
         "batch": batch,
+        "batch_max_seconds": max_seconds,
         "chunk_seconds": chunk_seconds,
         "rounds": rounds,
         "rtfx": {name: round(value, 2) for name, value in rtfx.items()},

@@ -13,8 +13,11 @@ runs them as one engine call:
   and the engine waits at most a fraction of what a half-empty batch would cost.
 - **Fair between callers.** Items are queued per owner (a request, a job); a batch takes them
   round-robin, oldest owner first, so one 10-hour job's chunks cannot starve short requests.
-- **Little padding.** Among the items chosen, those shorter than half the longest wait for the next
-  batch (at the front of their owner's queue), unless that would leave the batch with one item.
+- **Little padding, bounded memory.** Among the items chosen, those shorter than half the longest
+  wait for the next batch (at the front of their owner's queue), unless that would leave the batch
+  with one item; and a batch holds at most `max_seconds` of padded audio (items x the longest), since
+  an encoder's activations grow with it (on the CPU, about 20 MB of RAM per second of batched audio
+  for Parakeet 0.6B, kept by onnxruntime's arena). An item longer than that runs alone.
 - **One failure fails one item.** When a batch raises, each of its items is run alone, and only
   the ones that fail again get the error.
 - **Cancelling a caller removes its pending items**: `Future.cancel()` on an item not yet taken, or
@@ -32,6 +35,8 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
+
+from aviary.types import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterator
@@ -73,10 +78,13 @@ class BatcherClosedError(RuntimeError):
 class Batcher:
     """Collects single utterances from many threads into engine batches."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 16, max_wait: float = 0.01) -> None:
-        """Start the scheduler thread for `engine`."""
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 16, max_wait: float = 0.01, max_seconds: float | None = None
+    ) -> None:
+        """Start the scheduler thread for `engine`; `max_seconds` caps a batch's padded audio (None: no cap)."""
         self.engine = engine
         self.max_batch = max(1, max_batch)
+        self.max_samples = int(max_seconds * SAMPLE_RATE) if max_seconds else 0
         self.max_wait = max(0.0, max_wait)
         self._queues: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
         self._pending = 0
@@ -199,15 +207,31 @@ class Batcher:
                     self._queues.move_to_end(owner)
                 if len(chosen) == self.max_batch:
                     break
-        longest = max((len(item.audio) for item in chosen), default=0)
-        keep = [item for item in chosen if 2 * len(item.audio) >= longest]
-        if len(keep) > 1 and len(keep) < len(chosen):
-            for item in reversed([item for item in chosen if 2 * len(item.audio) < longest]):
+        keep = self._shape(chosen)
+        if len(keep) < len(chosen):
+            kept = {id(item) for item in keep}
+            for item in reversed([item for item in chosen if id(item) not in kept]):
                 self._queues.setdefault(item.owner, deque()).appendleft(item)
                 self._queues.move_to_end(item.owner, last=False)
                 self._pending += 1
-            return keep
-        return chosen
+        return keep
+
+    def _shape(self, chosen: list[_Item]) -> list[_Item]:
+        """The items of `chosen` that run now: similar lengths, within the padded-audio cap."""
+        longest = max((len(item.audio) for item in chosen), default=0)
+        keep = [item for item in chosen if 2 * len(item.audio) >= longest]
+        if len(keep) <= 1:
+            keep = chosen
+        if self.max_samples:  # padded size: every item takes the longest one's length
+            fitting: list[_Item] = []
+            longest = 0
+            for item in keep:
+                padded = max(longest, len(item.audio))
+                if not fitting or (len(fitting) + 1) * padded <= self.max_samples:
+                    fitting.append(item)
+                    longest = padded
+            keep = fitting
+        return keep
 
     def _execute(self, batch: list[_Item]) -> None:
         with self._condition:

@@ -166,7 +166,10 @@ class Registry:
             if id(engine) not in self._batchers:
                 settings = self.settings
                 self._batchers[id(engine)] = Batcher(
-                    engine, max_batch=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+                    engine,
+                    max_batch=settings.batch_size,
+                    max_wait=settings.batch_wait_ms / 1000,
+                    max_seconds=settings.batch_seconds(engine.info.device),
                 )
             return self._batchers[id(engine)]
 
