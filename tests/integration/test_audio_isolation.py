@@ -149,6 +149,33 @@ def test_the_pool_keeps_as_many_children_as_were_busy_then_shrinks_back(long_fla
         decoder.close()
 
 
+def test_the_pool_remembers_its_busiest_moment_within_its_memory_not_only_the_last_peak(long_flac: bytes) -> None:
+    # 4 busy, then 2 busy a little later: once the 4 are older than the pool's memory, the 2 still count.
+    decoder = IsolatedDecoder(AudioLimits(chunk_seconds=1.0), idle=1, pool_memory_seconds=3.0)
+
+    def crowd(size: int) -> None:
+        streams = [decoder.stream(long_flac) for _ in range(size)]
+        for stream in streams:
+            next(stream)
+        for stream in streams:
+            for _ in stream:
+                pass
+
+    try:
+        crowd(4)
+        assert len(_children()) == 4
+        time.sleep(1.8)
+        crowd(2)
+        time.sleep(1.8)  # the crowd of 4 is now 3.6 s old, the crowd of 2 is 1.8 s old
+        decoder.decode(long_flac)
+        deadline = time.monotonic() + 10
+        while len(_children()) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children()) == 2
+    finally:
+        decoder.close()
+
+
 def test_a_child_cannot_take_more_memory_than_allowed() -> None:
     # A 460 MB input (10 minutes of 192 kHz float WAV) sent to a child limited to 300 MB of address space:
     # the allocation is refused in the child, which answers with a domain error instead of dying.

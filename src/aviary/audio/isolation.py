@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -174,8 +175,8 @@ class IsolatedDecoder:
         self._memory_mb = memory_mb or 1024 + 2 * -(-limits.max_bytes // (1 << 20))
         self._idle: list[_Child] = []
         self._busy = 0
-        self._peak = 0  # most children busy at once lately
-        self._peak_at = time.monotonic()  # when that many were last busy
+        self._levels: deque[tuple[float, int]] = deque()
+        """(when last seen, children busy): the sliding window's maximum first, later and lower levels after it."""
         self._pool_memory = pool_memory_seconds
         self._lock = threading.Lock()
         self._closed = False
@@ -273,10 +274,9 @@ class IsolatedDecoder:
                 msg = "the decoder is closed"
                 raise RuntimeError(msg)
             self._busy += 1
-            surplus = self._surplus()
-            if self._busy >= self._peak:
-                self._peak, self._peak_at = self._busy, time.monotonic()
+            self._note_busy()
             child = self._idle.pop() if self._idle else None
+            surplus = self._surplus()
         for extra in surplus:
             extra.stop()
         while child is not None:
@@ -294,8 +294,7 @@ class IsolatedDecoder:
 
     def _release(self, child: _Child, *, healthy: bool) -> None:
         with self._lock:
-            if self._busy >= self._peak:
-                self._peak_at = time.monotonic()
+            self._note_busy()  # this level lasted until now
             self._busy -= 1
             surplus = self._surplus()
             kept = healthy and child.alive() and not self._closed and len(self._idle) < self._keep()
@@ -310,20 +309,25 @@ class IsolatedDecoder:
             return
         child.kill()
 
+    def _note_busy(self) -> None:
+        """Record that `_busy` children are busy now (under the lock): a sliding-window maximum's queue."""
+        while self._levels and self._levels[-1][1] <= self._busy:
+            self._levels.pop()
+        self._levels.append((time.monotonic(), self._busy))
+
+    def _recent_peak(self) -> int:
+        """The most children busy at once within the pool's memory (under the lock)."""
+        horizon = time.monotonic() - self._pool_memory
+        while self._levels and self._levels[0][0] < horizon:
+            self._levels.popleft()
+        return self._levels[0][1] if self._levels else self._busy
+
     def _keep(self) -> int:
         """How many idle children to keep now (under the lock)."""
-        return min(MAX_IDLE, max(self._idle_max, self._peak) - self._busy)
+        return min(MAX_IDLE, max(self._idle_max, self._recent_peak()) - self._busy)
 
     def _surplus(self) -> list[_Child]:
-        """The idle children to stop (taken out of the pool; call under the lock).
-
-        Once the busiest moment is older than the pool's memory, it is forgotten, and the idle
-        children beyond what the current load needs go.
-        """
-        now = time.monotonic()
-        if now - self._peak_at <= self._pool_memory:
-            return []
-        self._peak, self._peak_at = self._busy, now
+        """The idle children beyond what the recent peak needs, taken out of the pool (under the lock)."""
         extra = max(0, len(self._idle) - max(0, self._keep()))
         surplus, self._idle = self._idle[:extra], self._idle[extra:]
         return surplus
