@@ -194,6 +194,14 @@ def test_cuda_request_without_cuda_falls_back_to_cpu_once(caplog: pytest.LogCapt
     assert model.transcribe([clip("en-digits-3.wav")], [TranscribeOptions()])[0].text == "three one four"
 
 
+def test_cpu_sessions_plan_no_memory_pattern() -> None:
+    # A pattern per input shape, kept in the arena, doubles the encoder's resident activations as chunk
+    # lengths vary (see SessionFactory): CPU sessions must run without one.
+    session = SessionFactory(CPU).create(MODELS / "parakeet-digits" / "encoder-model.onnx")
+    assert session.get_session_options().enable_mem_pattern is False
+    assert session.get_session_options().enable_cpu_mem_arena is True
+
+
 @pytest.mark.parametrize("name", PARAKEETS)
 def test_numpy_decoder_is_used_and_computes_what_the_graph_does(name: str) -> None:
     factory = SessionFactory(CPU)

@@ -16,7 +16,7 @@ runs them as one engine call:
 - **Little padding, bounded memory.** Among the items chosen, those shorter than half the longest
   wait for the next batch (at the front of their owner's queue), unless that would leave the batch
   with one item; and a batch holds at most `max_seconds` of padded audio (items x the longest), since
-  an encoder's activations grow with it (on the CPU, about 20 MB of RAM per second of batched audio
+  an encoder's activations grow with it (on the CPU, about 12 MB of RAM per second of batched audio
   for Parakeet 0.6B, kept by onnxruntime's arena). An item longer than that runs alone.
 - **One failure fails one item.** When a batch raises, each of its items is run alone, and only
   the ones that fail again get the error.

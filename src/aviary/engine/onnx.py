@@ -128,11 +128,15 @@ class SessionFactory:
             wants_cuda = False
         self.device = "cuda" if wants_cuda else "cpu"
 
-    def _session_options(self) -> ort.SessionOptions:
+    def _session_options(self, *, cpu: bool) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.options.intra_op_threads
         options.inter_op_num_threads = self.options.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # On the CPU, onnxruntime's memory pattern (one block planned per input shape, kept in the arena)
+        # held twice the activations for the Parakeet 0.6B encoder, and more as chunk lengths varied:
+        # 3.5 GB above the model after a batch of 16 x 10 s with it, 1.9 GB without, at the same speed.
+        options.enable_mem_pattern = not cpu
         options.log_severity_level = 3  # onnxruntime's own warnings are noise for users
         return options
 
@@ -143,14 +147,14 @@ class SessionFactory:
             # Grow the arena only as needed, so memory returned after a job is not re-reserved in bulk.
             cuda: tuple[str, dict[str, Any]] = (CUDA, {"arena_extend_strategy": "kSameAsRequested"})
             try:
-                session = ort.InferenceSession(source, self._session_options(), providers=[cuda, CPU])
+                session = ort.InferenceSession(source, self._session_options(cpu=False), providers=[cuda, CPU])
             except Exception as exc:  # noqa: BLE001 - any CUDA initialisation failure means "use the CPU"
                 self._fall_back(f"CUDA failed to initialise ({type(exc).__name__})")
             else:
                 if CUDA in session.get_providers():
                     return session
                 self._fall_back("CUDA failed to initialise")
-        return ort.InferenceSession(source, self._session_options(), providers=[CPU])
+        return ort.InferenceSession(source, self._session_options(cpu=True), providers=[CPU])
 
     def _fall_back(self, reason: str) -> None:
         if self.fallback_reason is None:

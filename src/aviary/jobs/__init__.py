@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
 
 QUEUE: Final = "aviary-jobs"
-_POLL_SECONDS: Final = 0.02  # how soon an idle worker sees a new job
 _GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
 
 
@@ -84,7 +83,7 @@ class Jobs:
         if not settings.run_jobs:
             DBOS.listen_queues([])
         DBOS.launch()
-        DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=_POLL_SECONDS)
+        DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll_seconds)
         if settings.run_jobs:
             self._reaper = Reaper(
                 self._store.engine,
