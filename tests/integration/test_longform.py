@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,14 +18,14 @@ from aviary.engine.longform import Chunking, transcribe_source
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.jobs import engine
 from tests.support.longaudio import Recording, encode_mp3, long_recording, wer
+from tests.support.media import Encoding, encode
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from aviary.types import Transcript
     from tests.integration.conftest import Api
 
 OPTIONS = TranscribeOptions()
+LOW_RATE_MP3 = Encoding("mp3-16k", "mp3", "libmp3lame", options=(("b", "16k"), ("compression_level", "9")))
 CONTEXT = 0.2  # seconds of audio kept around an utterance transcribed on its own
 
 
@@ -124,3 +126,41 @@ def test_openai_streaming_sends_each_chunk_as_it_is_transcribed(api: Api) -> Non
     assert wer(recording.text, done) <= 0.05
     assert len(deltas) >= 150 // 30  # at least one per chunk
     assert arrivals[-1][1] == "transcript.text.done"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_sync_request_whose_client_leaves_stops_at_the_running_batch(
+    api: Api, half_hour: tuple[Recording, Path]
+) -> None:
+    # Half an hour of speech, and a client that gives up after half a second: the server stops
+    # transcribing for nobody (its chunks waiting in the batcher are withdrawn, no more are decoded).
+    body = encode(half_hour[0].audio, SAMPLE_RATE, LOW_RATE_MP3)  # under the test server's upload cap
+    pid = api.running.process.pid
+    before = api.running.log().count("the client disconnected")
+    started = _cpu_seconds(pid)
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(
+            f"{api.url}/transcribe", data={"model": "parakeet"}, files={"file": ("m.mp3", body)}, timeout=(5, 0.5)
+        )
+    deadline = time.monotonic() + 30
+    while api.running.log().count("the client disconnected") == before:
+        assert time.monotonic() < deadline, api.running.log()[-2000:]
+        time.sleep(0.05)
+    spent = _cpu_seconds(pid) - started
+    time.sleep(0.5)  # the batch that was running when the client left may finish
+    idle = _cpu_seconds(pid)
+    time.sleep(2.0)
+    assert _cpu_seconds(pid) - idle < 0.5, "the server kept transcribing after its client left"
+    whole = time.monotonic()
+    response = requests.post(
+        f"{api.url}/transcribe", data={"model": "parakeet"}, files={"file": ("m.mp3", body)}, timeout=300
+    )
+    assert response.status_code == 200, response.text
+    # The whole file takes longer than the client waited plus the quiet time checked: without the
+    # withdrawal, the server would still have been busy then.
+    assert time.monotonic() - whole > 4.0
+    assert spent < _cpu_seconds(pid) - idle

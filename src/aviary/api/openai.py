@@ -27,6 +27,7 @@ from fastapi.responses import Response, StreamingResponse
 from aviary.api.errors import OPENAI_PREFIX, error_body, status_of
 from aviary.api.schemas import ModelList, ModelObject, OpenAIForm, multipart_body, validate_form
 from aviary.api.transcribe import ERRORS, admitted_upload
+from aviary.api.uploads import client_gone
 from aviary.engine.registry import KNOWN
 from aviary.errors import AviaryError, InvalidOptionError, ModelNotFoundError
 from aviary.formats import media_type, parse_format, render, timed_segments
@@ -116,7 +117,7 @@ async def _run(request: Request, task: Task) -> Response:
             parts = service.transcribe_parts(engine, upload.path, options)
             first = await anext(parts)  # errors before the first chunk keep their status
             return StreamingResponse(_events(first, parts, stack.pop_all()), media_type="text/event-stream")
-        transcript = await service.transcribe(engine, upload.path, options)
+        transcript = await service.transcribe(engine, upload.path, options, disconnected=lambda: client_gone(request))
     body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities)
     return Response(body, media_type=media_type(fmt))
 

@@ -12,7 +12,9 @@ refusals, never into unbounded memory.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
+from starlette.requests import ClientDisconnect
 
 from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import KNOWN, Registry
@@ -29,7 +32,7 @@ from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
 from aviary.jobs import Jobs
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterator
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
     from pathlib import Path
 
     from aviary.audio import IsolatedDecoder
@@ -153,22 +156,51 @@ class Service:
         """The loaded engine for `name` (loading it in a thread on first use)."""
         return await anyio.to_thread.run_sync(self.registry.get, name)  # the registry loads each model once
 
-    async def transcribe(self, engine: Engine, path: Path, options: TranscribeOptions) -> Transcript:
+    async def transcribe(
+        self,
+        engine: Engine,
+        path: Path,
+        options: TranscribeOptions,
+        *,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> Transcript:
         """Decode the file at `path` as a stream and transcribe it chunk by chunk, off the event loop.
 
         Chunks go to the model's batcher, shared with every other request and job. Decoding
         happens inside the worker slot, so at most `workers` requests hold decoded audio (each at
         most its chunks in flight): waiting requests hold only their upload, on disk.
+
+        `disconnected` returns when the client has gone: the chunks still waiting are then
+        withdrawn, no more are sent, and `ClientDisconnect` is raised (a long file stops at the
+        batch running now instead of being transcribed for nobody).
         """
         engine.info.check(options)
         batcher = self.registry.batcher(engine)
         chunking = self.settings.chunking(timestamps=engine.info.timestamps)
+        owner, gone = object(), threading.Event()
+
+        async def watch(until: Callable[[], Awaitable[object]]) -> None:
+            await until()
+            gone.set()
+            batcher.cancel(owner)
+
         async with self._inference:
             self._running += 1
             started = time.monotonic()
+            watcher = asyncio.ensure_future(watch(disconnected)) if disconnected is not None else None
             try:
-                return await anyio.to_thread.run_sync(transcribe_source, self.decoder, batcher, path, options, chunking)
+                return await anyio.to_thread.run_sync(
+                    functools.partial(
+                        transcribe_source, self.decoder, batcher, path, options, chunking, owner=owner, stop=gone
+                    )
+                )
+            except concurrent.futures.CancelledError:
+                if gone.is_set():
+                    raise ClientDisconnect from None
+                raise
             finally:
+                if watcher is not None:
+                    watcher.cancel()
                 self._running -= 1
                 elapsed = time.monotonic() - started
                 self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * elapsed
@@ -197,15 +229,18 @@ class Service:
                 raise _StreamClosedError
             tell((False, part))
 
+        borrower = object()  # the slot is taken in the request's task and may be given back in the response's
+
         def work() -> None:
             try:
-                whole = transcribe_source(self.decoder, batcher, path, options, chunking, on_part=on_part)
+                whole = transcribe_source(
+                    self.decoder, batcher, path, options, chunking, owner=borrower, on_part=on_part, stop=stopped
+                )
             except BaseException as exc:  # noqa: BLE001  (handed to the request, which raises it)
                 tell(exc)
             else:
                 tell((True, whole))
 
-        borrower = object()  # the slot is taken in the request's task and may be given back in the response's
         await self._inference.acquire_on_behalf_of(borrower)
         self._running += 1
         threading.Thread(target=work, name="aviary-stream", daemon=True).start()
@@ -219,6 +254,7 @@ class Service:
                     return
         finally:
             stopped.set()
+            batcher.cancel(borrower)  # a client that went away: its chunks still waiting never run
             self._running -= 1
             self._inference.release_on_behalf_of(borrower)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 
 from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, multipart_body, validate_form
-from aviary.api.uploads import receive_form
+from aviary.api.uploads import client_gone, receive_form
 from aviary.formats import to_seed
 from aviary.types import TranscribeOptions
 
@@ -57,7 +57,7 @@ async def transcribe(request: Request) -> SeedResult:
         engine = await service.engine(service.api_model(fields.model))
         options, language = seed_options(engine, fields.language)
         engine.info.check(options)
-        transcript = await service.transcribe(engine, upload.path, options)
+        transcript = await service.transcribe(engine, upload.path, options, disconnected=lambda: client_gone(request))
     return seed_result(transcript, fields, filename=upload.filename, language=language)
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-__all__ = ["FIELD_BYTES", "Form", "Upload", "receive_form"]
+__all__ = ["FIELD_BYTES", "Form", "Upload", "client_gone", "receive_form"]
 
 FIELD_BYTES: Final = 64 * 1024
 """Most bytes of all text fields together (model names, languages, prompts)."""
@@ -241,3 +241,13 @@ def _create(directory: Path | None) -> tuple[int, Path]:
 def _remove(path: Path) -> None:
     with suppress(FileNotFoundError):
         path.unlink()
+
+
+async def client_gone(request: Request) -> None:
+    """Return once the client has disconnected (call after the body was read: the server then sends nothing else).
+
+    Servers answer a read past the body only with `http.disconnect`, when the connection closes or
+    the response has been sent; a request answered normally never sees this return.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

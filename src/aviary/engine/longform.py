@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,6 +32,7 @@ from aviary.engine.vad import FRAME, shared_vad
 from aviary.types import SAMPLE_RATE, Segment, Transcript, Word
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
     from concurrent.futures import Future
     from contextlib import AbstractContextManager
@@ -330,21 +332,30 @@ def transcribe_source(
     *,
     owner: Hashable = None,
     on_part: Callable[[Transcript], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Transcript:
     """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
 
     Up to twice `batcher.max_batch` chunks wait at once, so one long file fills a batch by itself
     and the next batch is queued while one runs (planning a chunk takes a while: decoding and VAD);
-    `on_part` sees each chunk's placed transcript in order, as it is ready.
+    `on_part` sees each chunk's placed transcript in order, as it is ready. Once `stop` is set
+    (with `batcher.cancel(owner)` for the chunks already waiting), no further chunk is sent.
 
     Raises:
         AudioError: the decoder refused the input (see `IsolatedDecoder.stream`).
         InferenceError: the model failed on a chunk.
+        CancelledError: `stop` was set, or the owner's chunks were cancelled.
     """
     key = owner if owner is not None else object()
+
+    def submit(audio: Audio) -> Future[Transcript]:
+        if stop is not None and stop.is_set():
+            raise CancelledError
+        return batcher.submit(audio, options, owner=key)
+
     return transcribe_stream(
         decoder.stream(source),
-        lambda audio: batcher.submit(audio, options, owner=key),
+        submit,
         chunking=chunking,
         ahead=2 * batcher.max_batch,
         on_part=on_part,
