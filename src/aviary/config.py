@@ -84,9 +84,16 @@ class Settings(BaseSettings):
     batch_max_seconds: float | None = Field(
         default=None,
         gt=0,
-        description="Most audio in one model call, padded (items x the longest): bounds a batch's memory. "
-        "Default: 60 s on the CPU (activations live in RAM: 0.2 GB + 12 MB per second for Parakeet 0.6B), "
-        "480 s on CUDA.",
+        description="Most audio in one model call, padded (items x the longest): how long one batch runs, so how "
+        "long a request can wait behind another's. Default: 160 s on the CPU (16 x 10 s, or 5 x 30 s chunks), "
+        "480 s on CUDA; for the NeMo engine on the CPU, the encoder's limit below.",
+    )
+    encoder_max_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most padded audio the ONNX encoder takes at once, which bounds its memory: a larger batch is "
+        "encoded in parts and decoded as one. Default: 60 s on the CPU (activations live in RAM: 0.2 GB + "
+        "12 MB per second for Parakeet 0.6B), the whole batch on CUDA.",
     )
     chunk_seconds: float = Field(
         default=30.0,
@@ -173,11 +180,19 @@ class Settings(BaseSettings):
             timeout_seconds=self.decode_timeout,
         )
 
-    def batch_seconds(self, device: str) -> float:
-        """The padded audio one batch may hold on `device` ("cpu" or "cuda")."""
+    def batch_seconds(self, device: str, *, splits: bool = True) -> float:
+        """The padded audio one batch may hold on `device` ("cpu" or "cuda").
+
+        `splits`: the engine encodes a batch in parts of `encoder_max_seconds` (ONNX); one that
+        cannot (NeMo) gets batches no larger than that bound on the CPU.
+        """
         if self.batch_max_seconds is not None:
             return self.batch_max_seconds
-        return 480.0 if device == "cuda" else 60.0
+        if device == "cuda":
+            return 480.0
+        from aviary.engine.onnx import CPU_ENCODER_SECONDS
+
+        return 160.0 if splits else self.encoder_max_seconds or CPU_ENCODER_SECONDS
 
     def chunking(self, *, timestamps: bool = True) -> Chunking:
         """How long audio is cut, for a model with (or without: no overlap) word times."""

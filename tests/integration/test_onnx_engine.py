@@ -17,7 +17,7 @@ from aviary.engine.onnx import RuntimeOptions, SessionFactory, load_onnx_engine,
 from aviary.engine.tdt import TdtEngine
 from aviary.engine.tdt_decoder import FusedDecoder, NumpyDecoder, load_step_decoder
 from aviary.errors import InvalidModelError, ModelNotFoundError, UnsupportedLanguageError, UnsupportedTaskError
-from aviary.types import TranscribeOptions
+from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.fixtures import FRAME_SECONDS, MODELS, PARAKEETS, canary_options, clip, golden
 
 if TYPE_CHECKING:
@@ -115,6 +115,33 @@ def test_canary_batch_mixing_languages_and_tasks_equals_batch_one() -> None:
     model = engine("canary-digits")
     batched = model.transcribe([clip(c["clip"]) for c in cases], [canary_options(c) for c in cases])
     assert [list(r.tokens) for r in batched] == [c["tokens"] for c in cases]
+
+
+@pytest.mark.parametrize("name", [*PARAKEETS, "canary-digits"])
+def test_a_batch_over_the_encoder_limit_is_encoded_in_parts_and_decoded_as_one(name: str) -> None:
+    cases = golden(name)["cases"]
+    clips = [clip(c["clip"]) for c in cases]
+    options = [canary_options(c) for c in cases] if name == "canary-digits" else [TranscribeOptions()] * len(cases)
+    longest = max(len(c) for c in clips) / SAMPLE_RATE
+    limited = RuntimeOptions(device="cpu", intra_op_threads=1, encoder_max_seconds=2.5 * longest)
+    model = load_onnx_engine(MODELS / name, name, limited)
+    runs: list[tuple[int, int]] = []  # (utterances, padded samples) per encoder run
+    encode_once = model._encode_once  # type: ignore[attr-defined]  # noqa: SLF001 - counting the engine's own runs
+
+    def counted(audio: list[np.ndarray]) -> Any:  # noqa: ANN401 - whatever the engine's encoder returns
+        runs.append((len(audio), len(audio) * max(len(a) for a in audio)))
+        return encode_once(audio)
+
+    model._encode_once = counted  # type: ignore[attr-defined]  # noqa: SLF001
+    batched = model.transcribe(clips, options)
+    assert len(runs) > 1
+    assert all(padded <= 2.5 * longest * SAMPLE_RATE for _, padded in runs)
+    assert sum(count for count, _ in runs) == len(clips)
+    single = [engine(name).transcribe([c], [o])[0] for c, o in zip(clips, options, strict=True)]
+    assert [b.tokens for b in batched] == [s.tokens for s in single]
+    assert [[(w.word, w.start, w.end) for w in b.words] for b in batched] == [
+        [(w.word, w.start, w.end) for w in s.words] for s in single
+    ]
 
 
 def test_engines_describe_themselves() -> None:

@@ -12,7 +12,7 @@ import pytest
 from aviary.config import Settings
 from aviary.engine.registry import KNOWN, Registry, Source
 from aviary.errors import ModelNotFoundError, ModelUnavailableError
-from aviary.types import TranscribeOptions
+from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.fixtures import MODELS, clip
 from tests.support.hub import add_onnx_model, add_to_cache
 
@@ -132,3 +132,18 @@ def test_a_nemo_file_loads_on_the_nemo_engine(tmp_path: Path) -> None:
     engine = reg.get(str(MODELS / "parakeet-digits" / "model.nemo"))
     assert (engine.info.engine, engine.info.family, engine.info.device) == ("nemo", "tdt", "cpu")
     assert engine.transcribe([clip("en-digits-3.wav")], [TranscribeOptions()])[0].text == "three one four"
+
+
+def test_a_models_batcher_holds_what_its_engine_can_encode_in_parts(tmp_path: Path) -> None:
+    # ONNX engines encode a batch in parts of `encoder_max_seconds`, so their batches may hold more;
+    # the NeMo engine encodes a batch whole, so on the CPU its batches stop at the encoder's bound.
+    reg = registry(tmp_path)
+    onnx = reg.get(str(MODELS / "parakeet-digits"))
+    assert reg.batcher(onnx).max_samples == 160 * SAMPLE_RATE
+    settings = reg.settings
+    assert settings.batch_seconds("cpu", splits=False) == 60.0
+    assert settings.batch_seconds("cuda", splits=False) == 480.0
+    tighter = Settings(encoder_max_seconds=30.0, batch_max_seconds=None)
+    assert tighter.batch_seconds("cpu", splits=False) == 30.0
+    assert Settings(batch_max_seconds=90.0).batch_seconds("cpu", splits=False) == 90.0
+    reg.close()

@@ -104,6 +104,9 @@ class AedEngine(OnnxEngine):
         ]
 
     def _encode(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        return self._encode_in_parts(audio, self._encode_once)
+
+    def _encode_once(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         features, features_lens = self._preprocessor(audio)
         embeddings, mask = self._encoder.run(
             ["encoder_embeddings", "encoder_mask"],

@@ -15,9 +15,9 @@ runs them as one engine call:
   round-robin, oldest owner first, so one 10-hour job's chunks cannot starve short requests.
 - **Little padding, bounded memory.** Among the items chosen, those shorter than half the longest
   wait for the next batch (at the front of their owner's queue), unless that would leave the batch
-  with one item; and a batch holds at most `max_seconds` of padded audio (items x the longest), since
-  an encoder's activations grow with it (on the CPU, about 12 MB of RAM per second of batched audio
-  for Parakeet 0.6B, kept by onnxruntime's arena). An item longer than that runs alone.
+  with one item; and a batch holds at most `max_seconds` of padded audio (items x the longest), which
+  bounds how long one batch runs (so how long a request waits behind another's) and, for engines
+  that encode a batch whole, its memory. An item longer than that runs alone.
 - **One failure fails one item.** When a batch raises, each of its items is run alone, and only
   the ones that fail again get the error.
 - **Cancelling a caller removes its pending items**: `Future.cancel()` on an item not yet taken, or

@@ -169,7 +169,7 @@ class Registry:
                     engine,
                     max_batch=settings.batch_size,
                     max_wait=settings.batch_wait_ms / 1000,
-                    max_seconds=settings.batch_seconds(engine.info.device),
+                    max_seconds=settings.batch_seconds(engine.info.device, splits=engine.info.engine == "onnx"),
                 )
             return self._batchers[id(engine)]
 
@@ -239,6 +239,9 @@ class Registry:
 
             return load_nemo_engine(path, source.name, device=settings.device, languages=languages)
         options = RuntimeOptions(
-            device=settings.device, intra_op_threads=settings.threads, quantization=settings.quantization
+            device=settings.device,
+            intra_op_threads=settings.threads,
+            quantization=settings.quantization,
+            encoder_max_seconds=settings.encoder_max_seconds,
         )
         return load_onnx_engine(path, source.name, options, languages=languages)

@@ -68,6 +68,9 @@ class TdtEngine(OnnxEngine):
         return self._transcripts(emissions, [len(a) / SAMPLE_RATE for a in audio], [o.output_language for o in options])
 
     def _encode(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        return self._encode_in_parts(audio, self._encode_once)
+
+    def _encode_once(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         features, features_lens = self._preprocessor(audio)
         outputs, lengths = self._encoder.run(
             ["outputs", "encoded_lengths"],
