@@ -164,3 +164,24 @@ def test_a_sync_request_whose_client_leaves_stops_at_the_running_batch(
     # withdrawal, the server would still have been busy then.
     assert time.monotonic() - whole > 4.0
     assert spent < _cpu_seconds(pid) - idle
+
+
+def test_a_stream_whose_client_leaves_stops_too(api: Api, half_hour: tuple[Recording, Path]) -> None:
+    body = encode(half_hour[0].audio, SAMPLE_RATE, LOW_RATE_MP3)
+    pid = api.running.process.pid
+    with requests.post(
+        f"{api.url}/v1/audio/transcriptions",
+        data={"model": "whisper-1", "stream": "true"},
+        files={"file": ("m.mp3", body)},
+        stream=True,
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.text
+        first = next(response.iter_lines(chunk_size=None))
+        assert first.startswith(b"data: ")
+    started = time.monotonic()
+    time.sleep(1.0)  # the batch running when the client left may finish
+    idle = _cpu_seconds(pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(pid) - idle < 0.5, "the server kept transcribing after its client left"
+    assert time.monotonic() - started < 4.0  # well inside the time the whole file takes (the test above)
