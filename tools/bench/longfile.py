@@ -11,9 +11,10 @@ memory, resets its peak (`/proc/self/clear_refs`), and then, per round:
   decoded as a stream in a decoder process, cut at pauses into chunks of at most `chunk_seconds`
   (Silero VAD), the chunks batched by a `Batcher` (`batch`), merged. Its peak resident memory
   (VmHWM, which `ru_maxrss` reports) above the loaded model is the memory cost of the length.
-- `30 s clips`: the same file cut at fixed 30 s boundaries, `batch` clips at a time, each group one
-  engine call: what the same audio costs as independent short requests. It is decoded here as it
-  is read (no decoder process), with no VAD and no merging.
+- `30 s clips`: the same file cut at fixed 30 s boundaries, each group one engine call of as many
+  clips as the server's batcher would put in one batch (`batch`, and at most the server's
+  `batch_seconds` of audio): what the same audio costs as independent short requests. It is decoded
+  here as it is read (no decoder process), with no VAD and no merging.
 
 RTFx = seconds of the recording per wall-clock second; both sides count the same seconds. Rounds
 alternate which side runs first (the first round runs the long file first, so its peak is taken
@@ -128,6 +129,7 @@ def measure(
     max_seconds = settings.batch_seconds(engine.info.device)  # the server's cap on a batch's padded audio
     batcher = Batcher(engine, max_batch=batch, max_wait=settings.batch_wait_ms / 1000, max_seconds=max_seconds)
     chunking = settings.chunking(timestamps=engine.info.timestamps)
+    per_call = max(1, min(batch, int(max_seconds // 30)))  # 30 s clips in one batch of the server's
     options = TranscribeOptions()
     times: dict[str, list[float]] = {LONG: [], CLIPS: []}
     words: dict[str, int] = {}
@@ -141,7 +143,7 @@ def measure(
 
     def clips() -> None:
         count = 0
-        for group in _groups(audio, settings.audio_limits(), int(30 * SAMPLE_RATE), batch):
+        for group in _groups(audio, settings.audio_limits(), int(30 * SAMPLE_RATE), per_call):
             count += sum(len(t.text.split()) for t in engine.transcribe(group, [options] * len(group)))
         words[CLIPS] = count
 
@@ -183,7 +185,8 @@ def measure(
             "mean": round(stats.mean_batch, 2),
             "largest": stats.largest,
         },
-        "clips_model_calls": math.ceil(math.ceil(seconds / 30) / batch),
+        "clips_per_call": per_call,
+        "clips_model_calls": math.ceil(math.ceil(seconds / 30) / per_call),
         "words": words,
     }
 
