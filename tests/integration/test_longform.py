@@ -177,7 +177,7 @@ def test_a_stream_whose_client_leaves_stops_too(api: Api, half_hour: tuple[Recor
         timeout=60,
     ) as response:
         assert response.status_code == 200, response.text
-        first = next(response.iter_lines(chunk_size=None))
+        first = next(response.iter_lines())
         assert first.startswith(b"data: ")
     started = time.monotonic()
     time.sleep(1.0)  # the batch running when the client left may finish
