@@ -83,7 +83,7 @@ class Jobs:
         if not settings.run_jobs:
             DBOS.listen_queues([])
         DBOS.launch()
-        DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll_seconds)
+        DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll())
         if settings.run_jobs:
             self._reaper = Reaper(
                 self._store.engine,
