@@ -229,3 +229,21 @@ def test_a_batch_holds_at_most_max_seconds_of_padded_audio() -> None:
     assert max(sizes) == 3  # 3 x 1 s fit in 3 s
     assert sizes[-1] == 1  # the 5 s item, alone
     assert gate.lengths[-1] == 5 * SAMPLE_RATE
+
+
+def test_stats_count_the_time_spent_in_the_engine() -> None:
+    def text(_audio: np.ndarray) -> str:
+        time.sleep(0.05)
+        return "slow"
+
+    batcher = Batcher(FakeEngine(text=text), max_batch=1)
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            assert batcher.submit(_tone(0.5), OPTIONS).result(10).text == "slow"
+        wall = time.monotonic() - started
+        stats = batcher.stats()
+    finally:
+        batcher.close()
+    assert stats.batches == 3
+    assert 0.15 <= stats.busy <= wall

@@ -19,7 +19,9 @@ Both servers stay alive for the whole run (the idle one costs memory, not CPU), 
 are interleaved: every round runs each one in turn, after one warm-up pass each; each figure is its
 median round, latencies are pooled over the rounds. The servers are started through a small
 bootstrap that records each batcher it makes and writes their `stats()` to a file five times a
-second, so the mean batch per round is measured too; the server itself is `aviary.cli.main` as is.
+second, so the mean batch per round is measured too, and the share of the round's wall time the
+engine was running (`engine_busy_fraction`: the rest is the batcher waiting for requests); the
+server itself is `aviary.cli.main` as is.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ BOOT = textwrap.dedent(
                 "batches": sum(s.batches for s in stats),
                 "items": sum(s.items for s in stats),
                 "largest": max((s.largest for s in stats), default=0),
+                "busy": sum(s.busy for s in stats),
             })
             with open(path + ".tmp", "w") as out:
                 out.write(text)
@@ -100,14 +103,14 @@ class Server:
     stats: Path
     log: Path
 
-    def counts(self) -> tuple[int, int, int]:
-        """Batches run, items in them, and the largest batch so far (after the next write of the counters)."""
+    def counts(self) -> tuple[int, int, int, float]:
+        """Batches run, items in them, the largest batch and seconds in engine calls so far (after the next write)."""
         time.sleep(0.5)
         try:
             data = json.loads(self.stats.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return 0, 0, 0
-        return int(data["batches"]), int(data["items"]), int(data["largest"])
+            return 0, 0, 0, 0.0
+        return int(data["batches"]), int(data["items"]), int(data["largest"]), float(data["busy"])
 
     def stop(self) -> None:
         """Terminate the server and wait for it."""
@@ -136,6 +139,7 @@ class Record:
     batches: int = 0
     items: int = 0
     largest: int = 0
+    busy: list[float] = field(default_factory=list)  # per round: seconds the server spent in engine calls
     texts: list[str] = field(default_factory=list)
 
 
@@ -235,6 +239,7 @@ def _http(server: Server, record: Record, bodies: list[bytes], plan: list[list[i
         record.batches += after[0] - before[0]
         record.items += after[1] - before[1]
         record.largest = max(record.largest, after[2])
+        record.busy.append(after[3] - before[3])
         record.texts = [texts[i] for i in sorted(texts)]
 
     return System(measure, lambda: _closed_loop(server.url, [[indices[0]] for indices in plan], bodies))
@@ -379,6 +384,9 @@ def _report(records: dict[str, Record], audio_seconds: float, *, threads: int, b
                 "mean": round(records[name].items / records[name].batches, 2) if records[name].batches else None,
                 "largest": records[name].largest,
                 "model_calls": records[name].batches,
+                "engine_busy_fraction": [
+                    round(b / w, 3) for b, w in zip(records[name].busy, records[name].walls, strict=True)
+                ],
             }
             for name in (BATCHER, BATCH1)
         },

@@ -64,6 +64,7 @@ class BatchStats:
     batches: int
     items: int
     largest: int
+    busy: float = 0.0  # seconds spent in engine calls
 
     @property
     def mean_batch(self) -> float:
@@ -96,6 +97,7 @@ class Batcher:
         self._last_run = 0.0  # seconds the last batch took
         self._anonymous = itertools.count()
         self._batches = self._items = self._largest = 0
+        self._busy = 0.0
         self._thread = threading.Thread(target=self._run, name=f"aviary-batcher-{engine.info.name}", daemon=True)
         self._thread.start()
 
@@ -149,7 +151,7 @@ class Batcher:
     def stats(self) -> BatchStats:
         """Batches run and items in them so far."""
         with self._condition:
-            return BatchStats(self._batches, self._items, self._largest)
+            return BatchStats(self._batches, self._items, self._largest, self._busy)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking items, fail the pending ones, and wait for the running batch."""
@@ -243,15 +245,24 @@ class Batcher:
             transcripts = self.engine.transcribe([item.audio for item in batch], [item.options for item in batch])
         except Exception as exc:  # noqa: BLE001  (delivered to the callers, one by one)
             if len(batch) == 1:
+                self._count_busy(started)
                 batch[0].future.set_exception(exc)
                 return
             logger.info("a batch of %d failed (%s); running its items one by one", len(batch), type(exc).__name__)
             for item in batch:
                 self._alone(item)
+            self._count_busy(started)
             return
-        self._last_run = time.monotonic() - started
+        self._last_run = self._count_busy(started)
         for item, transcript in zip(batch, transcripts, strict=True):
             item.future.set_result(transcript)
+
+    def _count_busy(self, started: float) -> float:
+        """Add the engine time since `started` to the stats; that time."""
+        elapsed = time.monotonic() - started
+        with self._condition:
+            self._busy += elapsed
+        return elapsed
 
     def _alone(self, item: _Item) -> None:
         try:
