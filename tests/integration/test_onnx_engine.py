@@ -137,6 +137,7 @@ def test_a_batch_over_the_encoder_limit_is_encoded_in_parts_and_decoded_as_one(n
     assert len(runs) > 1
     assert all(padded <= 2.5 * longest * SAMPLE_RATE for _, padded in runs)
     assert sum(count for count, _ in runs) == len(clips)
+    assert [len(part) for part in model.encoder_parts([len(c) for c in clips])] == [count for count, _ in runs]
     single = [engine(name).transcribe([c], [o])[0] for c, o in zip(clips, options, strict=True)]
     assert [b.tokens for b in batched] == [s.tokens for s in single]
     assert [[(w.word, w.start, w.end) for w in b.words] for b in batched] == [

@@ -263,6 +263,23 @@ class OnnxEngine(ABC):
     def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
         """The family's encode and decode for a non-empty, checked batch."""
 
+    def encoder_parts(self, samples: Sequence[int]) -> list[list[int]]:
+        """The encoder runs for a batch of utterances of `samples` samples: indices, each run's in order.
+
+        One run of the whole batch when it fits under `encoder_max_seconds` padded (or there is no
+        bound); otherwise longest first, each run as many as fit at its longest item's length.
+        """
+        limit = self._encoder_samples
+        if not samples or limit is None or len(samples) * max(samples) <= limit:
+            return [list(range(len(samples)))]
+        parts: list[list[int]] = []
+        for index in sorted(range(len(samples)), key=lambda i: -samples[i]):
+            if parts and (len(parts[-1]) + 1) * samples[parts[-1][0]] <= limit:
+                parts[-1].append(index)
+            else:
+                parts.append([index])
+        return parts
+
     def _encode_in_parts(self, audio: list[Audio], encode: Encode) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """`encode` the batch in parts of at most `encoder_max_seconds` padded, merged back in order.
 
@@ -271,16 +288,9 @@ class OnnxEngine(ABC):
         longest first, each part as many as fit under the bound at its longest item's length.
         Outputs are `[B, T, ...]` (padded with zeros along T, which decoding masks) and `[B]` or `[B, T]`.
         """
-        limit = self._encoder_samples
-        if limit is None or len(audio) * max(len(a) for a in audio) <= limit:
+        parts = self.encoder_parts([len(a) for a in audio])
+        if len(parts) == 1:
             return encode(audio)
-        order = sorted(range(len(audio)), key=lambda i: -len(audio[i]))
-        parts: list[list[int]] = []
-        for index in order:
-            if parts and (len(parts[-1]) + 1) * len(audio[parts[-1][0]]) <= limit:
-                parts[-1].append(index)
-            else:
-                parts.append([index])
         outputs = [encode([audio[i] for i in part]) for part in parts]
         frames = max(first.shape[1] for first, _ in outputs)
         merged = tuple(
