@@ -3,7 +3,7 @@
 `clients` HTTP clients (threads, one `requests.Session` each) send `requests_per_client` distinct
 10 s clips each, one after another (a closed loop: a client sends its next clip when the answer to
 the last one came), to `POST /transcribe`. Throughput is the audio sent over the wall time from
-the first upload to the last answer (RTFx); latency is each request's upload-to-answer time. Four
+the first upload to the last answer (RTFx); latency is each request's upload-to-answer time. Five
 systems run the same clips:
 
 - `aviary (batcher)`: a real `aviary serve` process with the default dynamic batcher
@@ -12,8 +12,13 @@ systems run the same clips:
 - `onnx-asr, one request at a time`: the same model files loaded by onnx-asr in this process,
   transcribing the clips one after another, as a server built on it serves (one model behind a
   lock). It pays no HTTP, upload or decoding, which only flatters it.
+- `aviary engine alone`: the same engine in this process, transcribing the clips in batches of
+  `batch` (features, encoder in parts, decoding): what the server could reach with no HTTP, no
+  decoding of uploads and no wait between batches. Between it and the bound: the features and the
+  greedy decoder; between it and the batcher: everything the server adds.
 - `encoder-only bound`: Aviary's own encoder session alone on precomputed features in batches of
-  `batch`, as the batcher would run them: no end-to-end system can beat it.
+  `batch`, each encoded in the engine's own runs (`encoder_parts`), as the batcher runs them: no
+  end-to-end system can beat it.
 
 Both servers stay alive for the whole run (the idle one costs memory, not CPU), and the systems
 are interleaved: every round runs each one in turn, after one warm-up pass each; each figure is its
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import requests
 
+from aviary.types import TranscribeOptions
 from tools.bench.clips import speech_clip
 from tools.bench.engines import aviary_engine
 from tools.bench.server import _free_port, _peak_mb, _wav
@@ -51,11 +57,13 @@ from tools.bench.server import _free_port, _peak_mb, _wav
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from aviary.engine.base import Engine
     from aviary.types import Audio
 
 BATCHER = "aviary (batcher)"
 BATCH1 = "aviary (batch 1)"
 ONNX_ASR = "onnx-asr, one request at a time"
+ENGINE = "aviary engine alone"
 BOUND = "encoder-only bound"
 
 BOOT = textwrap.dedent(
@@ -200,13 +208,29 @@ def _closed_loop(url: str, plan: list[list[int]], bodies: list[bytes]) -> tuple[
 
 
 def _encoder_only(engine: Any, clips: list[Audio], batch: int) -> Callable[[], None]:  # noqa: ANN401
-    """Aviary's encoder session alone on features precomputed in batches of `batch`."""
+    """Aviary's encoder session alone on features precomputed in batches of `batch`.
+
+    Each batch is encoded in the engine's own runs (`encoder_parts`: at most `encoder_max_seconds` padded).
+    """
     encoder = engine._encoder  # noqa: SLF001 - the bound must run the very session Aviary runs
-    features = [engine._preprocessor(clips[i : i + batch]) for i in range(0, len(clips), batch)]  # noqa: SLF001
+    groups = [clips[i : i + batch] for i in range(0, len(clips), batch)]
+    parts = [[g[k] for k in part] for g in groups for part in engine.encoder_parts([len(c) for c in g])]
+    features = [engine._preprocessor(part) for part in parts]  # noqa: SLF001
 
     def run() -> None:
         for values, lengths in features:
             encoder.run(None, {"audio_signal": values, "length": lengths})
+
+    return run
+
+
+def _engine_alone(engine: Engine, clips: list[Audio], batch: int) -> Callable[[], list[str]]:
+    """Aviary's engine in this process on the clips in batches of `batch`; their texts."""
+    options = [TranscribeOptions()] * batch
+
+    def run() -> list[str]:
+        groups = [clips[i : i + batch] for i in range(0, len(clips), batch)]
+        return [t.text for group in groups for t in engine.transcribe(group, options[: len(group)])]
 
     return run
 
@@ -294,7 +318,7 @@ def run(
     seconds: float = 10.0,
     batch: int = 16,
 ) -> dict[str, Any]:
-    """Measure the four systems on `clients * requests_per_client` distinct clips of `seconds` each."""
+    """Measure the five systems on `clients * requests_per_client` distinct clips of `seconds` each."""
     count = clients * requests_per_client
     clips = [speech_clip(np.random.default_rng(1000 + i), seconds) for i in range(count)]
     bodies = [_wav(clip) for clip in clips]
@@ -308,7 +332,7 @@ def run(
         "AVIARY_WORKERS": str(max(clients, 16)),
         "AVIARY_MAX_QUEUE": str(max(1000, 4 * count)),
     }
-    records = {name: Record() for name in (BATCHER, BATCH1, ONNX_ASR, BOUND)}
+    records = {name: Record() for name in (BATCHER, BATCH1, ONNX_ASR, ENGINE, BOUND)}
     with tempfile.TemporaryDirectory(prefix="aviary-bench-batching-") as scratch:
         servers: dict[str, Server] = {}
         try:
@@ -326,7 +350,10 @@ def run(
                 notes.append(f"{why}; that system is skipped")
                 print(why, file=sys.stderr, flush=True)
                 del records[ONNX_ASR]
-            engine = aviary_engine(model, threads)  # only its encoder session and preprocessor run
+            engine = aviary_engine(model, threads)
+            systems[ENGINE] = _in_process(
+                records[ENGINE], _engine_alone(engine, clips, batch), _engine_alone(engine, clips[:2], batch)
+            )
             bound = _encoder_only(engine, clips, batch)
             systems[BOUND] = _in_process(records[BOUND], bound, bound)
             memory["lowest available during rounds"] = round(_interleave(systems, records, rounds, audio_seconds), 0)
@@ -372,6 +399,8 @@ def _report(records: dict[str, Record], audio_seconds: float, *, threads: int, b
         "vs_encoder_only": {name: ratio(name, BOUND) for name in rtfx},
         "ratios": {
             f"{BATCHER} / {BOUND}": ratio(BATCHER, BOUND),
+            f"{BATCHER} / {ENGINE}": ratio(BATCHER, ENGINE),
+            f"{ENGINE} / {BOUND}": ratio(ENGINE, BOUND),
             f"{BATCHER} / {BATCH1}": ratio(BATCHER, BATCH1),
             f"{BATCHER} / {ONNX_ASR}": ratio(BATCHER, ONNX_ASR),
             f"{BATCH1} / {ONNX_ASR}": ratio(BATCH1, ONNX_ASR),
@@ -393,5 +422,6 @@ def _report(records: dict[str, Record], audio_seconds: float, *, threads: int, b
         "identical_text": {
             f"{BATCHER} vs {BATCH1}": same(BATCHER, BATCH1),
             f"{BATCHER} vs {ONNX_ASR}": same(BATCHER, ONNX_ASR),
+            f"{BATCHER} vs {ENGINE}": same(BATCHER, ENGINE),
         },
     }

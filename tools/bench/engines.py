@@ -3,7 +3,8 @@
 Every system transcribes the same clips with the same model files and the same thread count, in
 interleaved rounds (so machine noise hits all of them alike); the figure for each is its median
 round. RTFx = seconds of audio per wall-clock second. The encoder-only bound runs Aviary's own
-encoder session alone on precomputed features: no end-to-end system can beat it. A 0.6B model is
+encoder session alone on precomputed features, each batch in the engine's own encoder runs (a batch
+over `encoder_max_seconds` of padded audio is encoded in parts): no end-to-end system can beat it. A 0.6B model is
 ~2.5 GB of weights that onnxruntime also prepacks, so systems share sessions where they can, and
 NeMo runs in a second phase (against Aviary again) after onnx-asr's copy is freed.
 """
@@ -81,7 +82,12 @@ def onnx_systems(model: Path, clips: list[Audio], aviary: TdtEngine, threads: in
     factory = SessionFactory(RuntimeOptions(device="cpu", intra_op_threads=threads))
     encoder = aviary._encoder  # noqa: SLF001 - the bound must run the very session Aviary runs
     preprocessor = Preprocessor(128, factory)
-    features = {size: [preprocessor(b) for b in _batches(clips, size)] for size in (1, batch)}
+
+    # The bound encodes each batch in the engine's own runs (at most `encoder_max_seconds` padded).
+    def runs_of(size: int) -> list[list[Audio]]:
+        return [[b[k] for k in part] for b in _batches(clips, size) for part in aviary.encoder_parts(list(map(len, b)))]
+
+    features = {size: [preprocessor(part) for part in runs_of(size)] for size in (1, batch)}
     graph = copy.copy(aviary)  # shares the encoder session; only the step decoder differs
     decoder_path = read_model_dir(model, "bench").files["decoder_joint-model"]
     graph._decoder = load_step_decoder(decoder_path, factory, numpy=False)  # noqa: SLF001
