@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,8 @@ import psycopg
 import pytest
 import requests
 
+from aviary.jobs.reaper import Reaper
+from aviary.jobs.store import JobStore
 from tests.support.fixtures import MODELS
 from tests.support.jobs import Jobs, chunked, recording, status_of, submit, until
 from tests.support.postgres import postgres
@@ -46,9 +48,10 @@ def _environment(url: str, data: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _worker(url: str, data: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`aviary worker` as `name`; its stderr goes to `<data>/../<name>.log` (appended across restarts)."""
     command = [AVIARY, "worker", "--executor-id", name, "--model", str(MODELS / "parakeet-digits")]
     env = {**_environment(url, data), "PYTHONFAULTHANDLER": "1"}
-    with tempfile.TemporaryFile() as log:
+    with (data.parent / f"{name}.log").open("a+b") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             yield process
@@ -68,12 +71,48 @@ def _worker(url: str, data: Path, name: str) -> Iterator[subprocess.Popen[bytes]
                     )
 
 
+def _logs(directory: Path) -> str:
+    """The end of every worker's log in `directory`."""
+    logs = sorted(directory.glob("*.log"))
+    return "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-6000:]}" for log in logs)
+
+
 def _executor_of(url: str, job_id: str) -> str | None:
     with psycopg.connect(url) as connection:
         row = connection.execute(
             "SELECT executor_id, status FROM dbos.workflow_status WHERE workflow_uuid = %s", (job_id,)
         ).fetchone()
     return str(row[0]) if row is not None and row[1] == "PENDING" else None
+
+
+def test_processes_starting_together_on_a_new_database_all_create_the_tables(database: str) -> None:
+    # A fleet started at once on an empty database: every process creates the tables it needs.
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE fresh_fleet")
+    url = database.rsplit("/", 1)[0] + "/fresh_fleet"
+    starters = 8
+    ready = threading.Barrier(starters)
+    failures: list[BaseException] = []
+
+    def start(number: int) -> None:
+        try:
+            ready.wait()
+            store = JobStore(url)
+            Reaper(store.engine, f"worker-{number}", lambda _: None, heartbeat_seconds=1, timeout_seconds=3).beat()
+            store.engine.dispose()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    with psycopg.connect(url) as check:
+        beats = check.execute("SELECT count(*) FROM aviary_executors").fetchone()
+        jobs = check.execute("SELECT count(*) FROM aviary_jobs").fetchone()
+    assert (beats, jobs) == ((starters,), (0,))
 
 
 def test_a_killed_worker_s_jobs_are_finished_by_the_other(database: str, tmp_path: Path) -> None:
@@ -96,7 +135,10 @@ def test_a_killed_worker_s_jobs_are_finished_by_the_other(database: str, tmp_pat
             workers[owner].send_signal(signal.SIGKILL)
             workers[owner].wait(timeout=30)
             killed_mid_job += status_of(api, job_id)["status"] != "completed"
-            done = until(api, job_id, {"completed", "failed", "cancelled"}, seconds=120)
+            try:
+                done = until(api, job_id, {"completed", "failed", "cancelled"}, seconds=120)
+            except AssertionError as exc:
+                pytest.fail(f"job {job_id} of round {round_number + 1}, {owner} killed: {exc}\n{_logs(tmp_path)}")
             assert done["status"] == "completed", done
             assert done["result"]["text"] == chunked(path)
             workers[owner] = stack.enter_context(_worker(database, data, owner))  # back, under its own name

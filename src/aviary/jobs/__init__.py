@@ -72,6 +72,18 @@ class Jobs:
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
         webhooks.install(settings)
         executor = _executor_id(settings)
+        if settings.run_jobs:
+            # Known to the others before it can take a job: a process that dies (or fails to start)
+            # after its first dequeue must have a heartbeat row for a reaper to find.
+            self._reaper = Reaper(
+                self._store.engine,
+                executor,
+                _recover,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                timeout_seconds=settings.executor_timeout,
+                housekeeping=self.purge,
+            )
+            self._reaper.beat()
         DBOS(
             config={
                 "name": "aviary",
@@ -84,15 +96,7 @@ class Jobs:
             DBOS.listen_queues([])
         DBOS.launch()
         DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll())
-        if settings.run_jobs:
-            self._reaper = Reaper(
-                self._store.engine,
-                executor,
-                _recover,
-                heartbeat_seconds=settings.heartbeat_seconds,
-                timeout_seconds=settings.executor_timeout,
-                housekeeping=self.purge,
-            )
+        if self._reaper is not None:
             self._reaper.start()
 
     def submit(

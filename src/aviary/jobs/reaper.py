@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from aviary.jobs.store import create_tables
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -48,7 +50,7 @@ class Reaper:
         housekeeping: Callable[[], object] | None = None,
     ) -> None:
         """Create the table if needed; nothing runs until `start()`. `housekeeping` runs after each beat."""
-        _metadata.create_all(engine)
+        create_tables(_metadata, engine)
         self._engine = engine
         self.executor_id = executor_id
         self._recover = recover
@@ -59,7 +61,7 @@ class Reaper:
         self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
 
     def start(self) -> None:
-        """Beat once now (so this executor is known at once), then keep beating and reaping."""
+        """Beat once now, then keep beating and reaping (DBOS must be launched: reaping recovers through it)."""
         self.beat()
         self._thread.start()
 

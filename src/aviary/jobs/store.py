@@ -19,6 +19,23 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+_SCHEMA_LOCK: Final = 0x61766961727931  # the advisory lock that serialises creating Aviary's tables
+
+
+def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
+    """Create `metadata`'s missing tables, safely beside other processes doing the same at once.
+
+    PostgreSQL's `CREATE TABLE IF NOT EXISTS` loses a race with a concurrent one (the loser fails on
+    the catalog's unique index), and a fleet of workers starting together on a new database races;
+    so there the creation runs under a transaction-level advisory lock. SQLite's database lock
+    already serialises it.
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        metadata.create_all(connection)
+
+
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 TERMINAL: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
 
@@ -129,7 +146,7 @@ class JobStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-        _metadata.create_all(self.engine)
+        create_tables(_metadata, self.engine)
 
     def create(self, job: Job) -> Job:
         """Insert `job`; with an idempotency key already stored, return that job instead."""
