@@ -45,8 +45,10 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     jobs = Jobs(settings.model_copy(update={"run_jobs": True}), registry, decoder)
     try:
         jobs.start()
-        while not (stop.wait(0.5) if stop is not None else signal.sigtimedwait(signals, 0.5)):
+        while not (received := stop.wait(0.5) if stop is not None else signal.sigtimedwait(signals, 0.5)):
             pass  # the timeout lets a signal that reached another thread raise here (KeyboardInterrupt)
+        if not isinstance(received, bool):
+            logger.info("stopping on %s from process %d", signal.Signals(received.si_signo).name, received.si_pid)
     finally:
         jobs.close(grace_seconds=GRACE_SECONDS)
         decoder.close()
