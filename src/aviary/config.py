@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     decoder_processes: int = Field(
         default=2, ge=1, description="Idle decoder processes kept ready at least (more while many were busy lately)."
     )
+    decoder_idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long the decoder pool remembers its busiest moment: as many processes as were busy at once "
+        "within it stay ready (about 28 MB each), so a crowd that comes back does not start them again.",
+    )
     decoder_memory_mb: int | None = Field(
         default=None, gt=0, description="Address-space limit per decoder process (default: 1 GiB + 2x the upload cap)."
     )
@@ -207,7 +213,12 @@ class Settings(BaseSettings):
         """A decoder in child processes with these settings' caps (the caller closes it)."""
         from aviary.audio import IsolatedDecoder
 
-        return IsolatedDecoder(self.audio_limits(), idle=self.decoder_processes, memory_mb=self.decoder_memory_mb)
+        return IsolatedDecoder(
+            self.audio_limits(),
+            idle=self.decoder_processes,
+            memory_mb=self.decoder_memory_mb,
+            pool_memory_seconds=self.decoder_idle_seconds,
+        )
 
     @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod

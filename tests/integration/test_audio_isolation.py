@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from aviary.audio import AudioLimits, IsolatedDecoder
+from aviary.config import Settings
 from aviary.errors import DecoderFailedError, DecoderMemoryError, DecodeTimeoutError
 from aviary.types import SAMPLE_RATE
 from tests.support.media import ENCODINGS, encode
@@ -125,7 +126,7 @@ def test_children_are_reused_and_serve_threads_at_once(long_flac: bytes) -> None
 
 
 def test_the_pool_keeps_as_many_children_as_were_busy_then_shrinks_back(long_flac: bytes) -> None:
-    decoder = IsolatedDecoder(AudioLimits(chunk_seconds=1.0), idle=1, pool_memory_seconds=3.0)
+    decoder = Settings(decoder_processes=1, decoder_idle_seconds=3.0).audio_decoder()  # as the server makes it
     try:
         streams = [decoder.stream(long_flac) for _ in range(4)]
         for stream in streams:  # four busy at once
