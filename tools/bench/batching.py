@@ -20,9 +20,11 @@ systems run the same clips:
   `batch`, each encoded in the engine's own runs (`encoder_parts`), as the batcher runs them: no
   end-to-end system can beat it.
 
-Both servers stay alive for the whole run (the idle one costs memory, not CPU), and the systems
-are interleaved: every round runs each one in turn, after one warm-up pass each; each figure is its
-median round, latencies are pooled over the rounds. The servers are started through a small
+Both servers stay loaded for the whole run, each paused (SIGSTOP) while it is not the one measured:
+an idle server is not free (its job poller and heartbeat took 3.3% of a core), and that would be
+charged to whichever system runs meanwhile. The systems are interleaved: every round runs each one
+in turn, after one warm-up pass each; each figure is its median round, latencies are pooled over
+the rounds. The servers are started through a small
 bootstrap that records each batcher it makes and writes their `stats()` to a file five times a
 second, so the mean batch per round is measured too, and the share of the round's wall time the
 engine was running (`engine_busy_fraction`: the rest is the batcher waiting for requests); the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,8 +123,18 @@ class Server:
             return 0, 0, 0, 0.0
         return int(data["batches"]), int(data["items"]), int(data["largest"]), float(data["busy"])
 
+    def pause(self) -> None:
+        """Stop the process's threads (SIGSTOP) until `resume`: it keeps its memory and takes no CPU."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let the process run again (SIGCONT)."""
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
-        """Terminate the server and wait for it."""
+        """Terminate the server (resumed first, so it can shut down) and wait for it."""
+        if self.process.poll() is None:
+            self.resume()
         self.process.terminate()
         try:
             self.process.wait(timeout=60)
@@ -255,9 +268,11 @@ def _http(server: Server, record: Record, bodies: list[bytes], plan: list[list[i
     """Closed-loop clients against `server`; the warm-up sends one clip per client (a full batch once)."""
 
     def measure() -> None:
+        server.resume()
         before = server.counts()
         wall, latencies, texts = _closed_loop(server.url, plan, bodies)
         after = server.counts()
+        server.pause()
         record.walls.append(wall)
         record.latencies += latencies
         record.batches += after[0] - before[0]
@@ -266,7 +281,12 @@ def _http(server: Server, record: Record, bodies: list[bytes], plan: list[list[i
         record.busy.append(after[3] - before[3])
         record.texts = [texts[i] for i in sorted(texts)]
 
-    return System(measure, lambda: _closed_loop(server.url, [[indices[0]] for indices in plan], bodies))
+    def warm_up() -> None:
+        server.resume()
+        _closed_loop(server.url, [[indices[0]] for indices in plan], bodies)
+        server.pause()
+
+    return System(measure, warm_up)
 
 
 def _in_process(record: Record, call: Callable[[], list[str] | None], warm_up: Callable[[], object]) -> System:
@@ -338,6 +358,8 @@ def run(
         try:
             servers[BATCHER] = _start("batcher", model, Path(scratch), {**common, "AVIARY_BATCH_SIZE": str(batch)})
             servers[BATCH1] = _start("batch1", model, Path(scratch), {**common, "AVIARY_BATCH_SIZE": "1"})
+            for server in servers.values():
+                server.pause()  # each runs only for its own warm-up and rounds
             systems = {name: _http(server, records[name], bodies, plan) for name, server in servers.items()}
             reference, why = _onnx_asr(model, threads)
             if reference is not None:
