@@ -21,7 +21,7 @@ systems run the same clips:
   end-to-end system can beat it.
 
 Both servers stay loaded for the whole run, each paused (SIGSTOP) while it is not the one measured:
-an idle server is not free (its job poller and heartbeat took 3.3% of a core), and that would be
+an idle server is not free (its background threads took 3.3% of a core), and that would be
 charged to whichever system runs meanwhile. The systems are interleaved: every round runs each one
 in turn, after one warm-up pass each; each figure is its median round, latencies are pooled over
 the rounds. The servers are started through a small
