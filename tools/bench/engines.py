@@ -81,6 +81,8 @@ def onnx_systems(model: Path, clips: list[Audio], aviary: TdtEngine, threads: in
     )
     factory = SessionFactory(RuntimeOptions(device="cpu", intra_op_threads=threads))
     encoder = aviary._encoder  # noqa: SLF001 - the bound must run the very session Aviary runs
+    # The same encoder as exported, without Aviary's tabled position projections (engine.positions).
+    exported = factory.create(read_model_dir(model, "bench").files["encoder-model"])
     preprocessor = Preprocessor(128, factory)
 
     # The bound encodes each batch in the engine's own runs (at most `encoder_max_seconds` padded).
@@ -92,11 +94,12 @@ def onnx_systems(model: Path, clips: list[Audio], aviary: TdtEngine, threads: in
     decoder_path = read_model_dir(model, "bench").files["decoder_joint-model"]
     graph._decoder = load_step_decoder(decoder_path, factory, numpy=False)  # noqa: SLF001
 
-    def encoder_only(size: int) -> Callable[[], object]:
-        return lambda: [encoder.run(None, {"audio_signal": f, "length": n}) for f, n in features[size]]
+    def encoder_only(size: int, session: Any = encoder) -> Callable[[], object]:  # noqa: ANN401
+        return lambda: [session.run(None, {"audio_signal": f, "length": n}) for f, n in features[size]]
 
     runs: Runs = {
         "encoder-only b1": encoder_only(1),
+        "exported encoder b1": encoder_only(1, exported),
         "aviary b1": lambda: [aviary.transcribe([c], PLAIN) for c in clips],
         "aviary graph-decoder b1": lambda: [graph.transcribe([c], PLAIN) for c in clips],
         "onnx-asr b1": lambda: [reference.recognize(c) for c in clips],
@@ -146,6 +149,8 @@ def run(
     b = f"b{batch}"
     ratios = {
         "aviary b1 / encoder-only b1": ratio("aviary b1", "encoder-only b1"),
+        "aviary b1 / exported encoder b1": ratio("aviary b1", "exported encoder b1"),
+        "encoder-only b1 / exported encoder b1": ratio("encoder-only b1", "exported encoder b1"),
         f"aviary {b} / encoder-only {b}": ratio(f"aviary {b}", f"encoder-only {b}"),
         "onnx-asr b1 / encoder-only b1": ratio("onnx-asr b1", "encoder-only b1"),
         f"onnx-asr {b} / encoder-only {b}": ratio(f"onnx-asr {b}", f"encoder-only {b}"),

@@ -60,7 +60,7 @@ class AedEngine(OnnxEngine):
         self._eos = self._ids["<|endoftext|>"]
         self._special = np.array([p.startswith("<|") and p.endswith("|>") for _, p in sorted(vocab.items())])
         self._max_length = int(model_dir.config.get("max_sequence_length", 1024))
-        self._encoder = factory.create(model_dir.files["encoder-model"])
+        self._encoder = factory.create_encoder(model_dir)
         self._decoder = factory.create(model_dir.files["decoder-model"])
         mems = next(i for i in self._decoder.get_inputs() if i.name == "decoder_mems").shape
         self._mems_shape = (int(mems[0]), int(mems[3]))

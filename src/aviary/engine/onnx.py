@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ MODEL_FILES: dict[ModelType, tuple[str, ...]] = {
 }
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+MEL_HOP_SAMPLES = 160
+"""Samples per mel frame (10 ms): NeMo's front end for every Parakeet and Canary."""
 CPU_ENCODER_SECONDS = 60.0
 """The CPU's default `RuntimeOptions.encoder_max_seconds`: activations live in RAM (Parakeet 0.6B's
 encoder: 0.2 GB plus 12 MB per second of batched audio, 0.9 GB at 60 s)."""
@@ -61,6 +64,9 @@ class RuntimeOptions:
     encoder_max_seconds: float | None = None
     """Most padded audio (items x the longest) per encoder run; a larger batch is encoded in parts and
     decoded as one. None: `CPU_ENCODER_SECONDS` on the CPU, the whole batch at once on CUDA."""
+    position_seconds: float | None = 30.0
+    """On the CPU, precompute the encoder's relative-position projections for inputs up to this long
+    (`engine.positions`; longer inputs still work, their extra rows computed per run). None: off."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,24 @@ class SessionFactory:
             wants_cuda = False
         self.device = "cuda" if wants_cuda else "cpu"
 
-    def _session_options(self, *, cpu: bool) -> ort.SessionOptions:
+    def create_encoder(self, model_dir: ModelDir) -> ort.InferenceSession:
+        """The encoder's session; on the CPU with its position projections tabled (`engine.positions`)."""
+        path = model_dir.files["encoder-model"]
+        seconds = self.options.position_seconds
+        model = None
+        if self.device == "cpu" and seconds:
+            from aviary.engine.positions import precompute_positions
+
+            frames = math.ceil(seconds * SAMPLE_RATE / (MEL_HOP_SAMPLES * model_dir.subsampling_factor)) + 1
+            model = precompute_positions(path, frames)
+        if model is None:
+            return self.create(path)
+        return self.create(model.SerializeToString(), weights_dir=path.parent)
+
+    def _session_options(self, *, cpu: bool, weights_dir: Path | None = None) -> ort.SessionOptions:
         options = ort.SessionOptions()
+        if weights_dir is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_dir))
         options.intra_op_num_threads = self.options.intra_op_threads
         options.inter_op_num_threads = self.options.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -150,21 +172,24 @@ class SessionFactory:
         options.log_severity_level = 3  # onnxruntime's own warnings are noise for users
         return options
 
-    def create(self, model: Path | bytes, *, cpu_only: bool = False) -> ort.InferenceSession:
-        """A session for `model` (a path, or serialized bytes) on this factory's device."""
+    def create(
+        self, model: Path | bytes, *, cpu_only: bool = False, weights_dir: Path | None = None
+    ) -> ort.InferenceSession:
+        """A session for `model` (a path, or serialized bytes whose external weights are in `weights_dir`)."""
         source = str(model) if isinstance(model, Path) else model
         if self.device == "cuda" and not cpu_only:
             # Grow the arena only as needed, so memory returned after a job is not re-reserved in bulk.
             cuda: tuple[str, dict[str, Any]] = (CUDA, {"arena_extend_strategy": "kSameAsRequested"})
             try:
-                session = ort.InferenceSession(source, self._session_options(cpu=False), providers=[cuda, CPU])
+                options = self._session_options(cpu=False, weights_dir=weights_dir)
+                session = ort.InferenceSession(source, options, providers=[cuda, CPU])
             except Exception as exc:  # noqa: BLE001 - any CUDA initialisation failure means "use the CPU"
                 self._fall_back(f"CUDA failed to initialise ({type(exc).__name__})")
             else:
                 if CUDA in session.get_providers():
                     return session
                 self._fall_back("CUDA failed to initialise")
-        return ort.InferenceSession(source, self._session_options(cpu=True), providers=[CPU])
+        return ort.InferenceSession(source, self._session_options(cpu=True, weights_dir=weights_dir), providers=[CPU])
 
     def _fall_back(self, reason: str) -> None:
         if self.fallback_reason is None:

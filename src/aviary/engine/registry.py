@@ -243,5 +243,8 @@ class Registry:
             intra_op_threads=settings.threads,
             quantization=settings.quantization,
             encoder_max_seconds=settings.encoder_max_seconds,
+            # Every input the engine sees is at most a chunk long; beyond a minute the tables' memory
+            # (2.5 MB per second for Parakeet 0.6B) outweighs their few percent.
+            position_seconds=min(settings.chunk_seconds, 60.0),
         )
         return load_onnx_engine(path, source.name, options, languages=languages)

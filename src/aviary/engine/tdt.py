@@ -54,7 +54,7 @@ class TdtEngine(OnnxEngine):
     ) -> None:
         """Create the sessions; `languages`: what the model speaks (empty: any); `numpy_decoder`: see tdt_decoder."""
         super().__init__(name, model_dir, factory, ModelInfo(name, "onnx", "tdt", factory.device, languages=languages))
-        self._encoder = factory.create(model_dir.files["encoder-model"])
+        self._encoder = factory.create_encoder(model_dir)
         self._decoder = load_step_decoder(model_dir.files["decoder_joint-model"], factory, numpy=numpy_decoder)
         self._vocab = model_dir.vocab
         self._blank = next((i for i, p in self._vocab.items() if p == "<blk>"), len(self._vocab) - 1)
