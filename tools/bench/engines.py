@@ -1,8 +1,11 @@
 """Engine throughput, side by side in one run: Aviary vs onnx-asr vs the encoder-only bound (vs NeMo).
 
-Every system transcribes the same clips with the same model files and the same thread count, in
-interleaved rounds (so machine noise hits all of them alike); the figure for each is its median
-round. RTFx = seconds of audio per wall-clock second. The encoder-only bound runs Aviary's own
+Every system transcribes the same clips with the same model files and the same thread count. The
+machine's speed drifts by 10-30% within minutes, so systems are interleaved finely: a system is a
+list of units (a clip at batch 1, a batch otherwise), and each round runs unit 1 of every system
+with that many units, then unit 2, ..., the order rotating; a system's figure is its median round,
+and a ratio between two systems is the median of their per-round ratios (both measured within the
+same seconds). RTFx = seconds of audio per wall-clock second. The encoder-only bound runs Aviary's own
 encoder session alone on precomputed features, each batch in the engine's own encoder runs (a batch
 over `encoder_max_seconds` of padded audio is encoded in parts): no end-to-end system can beat it. A 0.6B model is
 ~2.5 GB of weights that onnxruntime also prepacks, so systems share sessions where they can, and
@@ -17,6 +20,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from aviary.engine.onnx import Preprocessor, RuntimeOptions, SessionFactory, load_onnx_engine, read_model_dir
@@ -29,17 +33,27 @@ if TYPE_CHECKING:
 
     from aviary.engine.tdt import TdtEngine
 
-Runs = dict[str, "Callable[[], object]"]
+Runs = dict[str, "list[Callable[[], object]]"]
+"""Each system's units: one call per clip (batch 1) or per batch."""
 PLAIN = [TranscribeOptions()]
 
 
 @dataclass(frozen=True)
 class Result:
-    """One system's median wall time over the rounds, and its RTFx."""
+    """One system's wall time per round; its RTFx at the median round."""
 
     name: str
-    seconds: float
-    rtfx: float
+    rounds: tuple[float, ...]
+    audio_seconds: float
+
+    @property
+    def rtfx(self) -> float:
+        """Seconds of audio per wall-clock second, at the median round."""
+        return self.audio_seconds / statistics.median(self.rounds)
+
+    def speedup(self, other: Result) -> float:
+        """How much faster this system ran than `other`: the median of their per-round ratios."""
+        return statistics.median(b / a for a, b in zip(self.rounds, other.rounds, strict=True))
 
 
 def _batches(clips: list[Audio], size: int) -> list[list[Audio]]:
@@ -47,19 +61,34 @@ def _batches(clips: list[Audio], size: int) -> list[list[Audio]]:
 
 
 def measure(runs: Runs, audio_seconds: float, rounds: int) -> dict[str, Result]:
-    """Time every system once per round, interleaved, after one warm-up pass each; report medians."""
+    """Time every system once per round, unit by unit interleaved, after one warm-up pass each."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():
+    for name, units in runs.items():
         start = time.perf_counter()
-        run()
+        for unit in units:
+            unit()
         print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    groups: dict[int, list[str]] = {}
+    for name, units in runs.items():
+        groups.setdefault(len(units), []).append(name)
     for number in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-            print(f"round {number + 1} {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
-    return {n: Result(n, statistics.median(t), audio_seconds / statistics.median(t)) for n, t in times.items()}
+        spent = dict.fromkeys(runs, 0.0)
+        for count, names in groups.items():
+            for index in range(count):
+                shift = (number + index) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    start = time.perf_counter()
+                    runs[name][index]()
+                    spent[name] += time.perf_counter() - start
+        for name, seconds in spent.items():
+            times[name].append(seconds)
+            print(f"round {number + 1} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return {n: Result(n, tuple(t), audio_seconds) for n, t in times.items()}
+
+
+def _encode(session: Any, runs: list[tuple[Any, Any]]) -> None:  # noqa: ANN401 - an onnxruntime session
+    for features, lengths in runs:
+        session.run(None, {"audio_signal": features, "length": lengths})
 
 
 def aviary_engine(model: Path, threads: int, quantization: str | None = None) -> TdtEngine:
@@ -86,26 +115,31 @@ def onnx_systems(model: Path, clips: list[Audio], aviary: TdtEngine, threads: in
     preprocessor = Preprocessor(128, factory)
 
     # The bound encodes each batch in the engine's own runs (at most `encoder_max_seconds` padded).
-    def runs_of(size: int) -> list[list[Audio]]:
-        return [[b[k] for k in part] for b in _batches(clips, size) for part in aviary.encoder_parts(list(map(len, b)))]
+    def features_of(size: int) -> list[list[tuple[Any, Any]]]:
+        """Per batch of `size` clips, the features of each of its encoder runs."""
+        return [
+            [preprocessor([b[k] for k in part]) for part in aviary.encoder_parts(list(map(len, b)))]
+            for b in _batches(clips, size)
+        ]
 
-    features = {size: [preprocessor(part) for part in runs_of(size)] for size in (1, batch)}
+    features = {size: features_of(size) for size in (1, batch)}
     graph = copy.copy(aviary)  # shares the encoder session; only the step decoder differs
     decoder_path = read_model_dir(model, "bench").files["decoder_joint-model"]
     graph._decoder = load_step_decoder(decoder_path, factory, numpy=False)  # noqa: SLF001
 
-    def encoder_only(size: int, session: Any = encoder) -> Callable[[], object]:  # noqa: ANN401
-        return lambda: [session.run(None, {"audio_signal": f, "length": n}) for f, n in features[size]]
+    def encoder_only(size: int, session: Any = encoder) -> list[Callable[[], object]]:  # noqa: ANN401
+        """One unit per batch of `size`: the batch's encoder runs."""
+        return [partial(_encode, session, runs) for runs in features[size]]
 
     runs: Runs = {
         "encoder-only b1": encoder_only(1),
         "exported encoder b1": encoder_only(1, exported),
-        "aviary b1": lambda: [aviary.transcribe([c], PLAIN) for c in clips],
-        "aviary graph-decoder b1": lambda: [graph.transcribe([c], PLAIN) for c in clips],
-        "onnx-asr b1": lambda: [reference.recognize(c) for c in clips],
+        "aviary b1": [partial(aviary.transcribe, [c], PLAIN) for c in clips],
+        "aviary graph-decoder b1": [partial(graph.transcribe, [c], PLAIN) for c in clips],
+        "onnx-asr b1": [partial(reference.recognize, c) for c in clips],
         f"encoder-only b{batch}": encoder_only(batch),
-        f"aviary b{batch}": lambda: [aviary.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
-        f"onnx-asr b{batch}": lambda: [reference.recognize(list[Any](b)) for b in _batches(clips, batch)],
+        f"aviary b{batch}": [partial(aviary.transcribe, b, PLAIN * len(b)) for b in _batches(clips, batch)],
+        f"onnx-asr b{batch}": [partial(reference.recognize, list[Any](b)) for b in _batches(clips, batch)],
     }
     return runs, reference
 
@@ -133,7 +167,7 @@ def run(
 
         quantize_encoder(model)
         quantized = aviary_engine(model, threads, "int8")
-        runs["aviary int8 b1"] = lambda: [quantized.transcribe([c], PLAIN) for c in clips]
+        runs["aviary int8 b1"] = [partial(quantized.transcribe, [c], PLAIN) for c in clips]
     results = measure(runs, audio_seconds, rounds)
     report: dict[str, Any] = {"parity": parity(aviary, reference, clips)}
     del runs, reference
@@ -144,7 +178,7 @@ def run(
         )
 
     def ratio(a: str, b: str) -> float:
-        return round(results[a].rtfx / results[b].rtfx, 3)
+        return round(results[a].speedup(results[b]), 3)
 
     b = f"b{batch}"
     ratios = {
@@ -188,8 +222,10 @@ def run_nemo(model: Path, clips: list[Audio], *, threads: int, batch: int, round
         "rounds": rounds,
         "rtfx": rtfx,
         "ratios": {
-            "aviary b1 / nemo b1": round(rtfx["aviary b1 (phase 2)"] / rtfx["nemo b1"], 3),
-            f"aviary b{batch} / nemo b{batch}": round(rtfx[f"aviary b{batch} (phase 2)"] / rtfx[f"nemo b{batch}"], 3),
+            "aviary b1 / nemo b1": round(results["aviary b1 (phase 2)"].speedup(results["nemo b1"]), 3),
+            f"aviary b{batch} / nemo b{batch}": round(
+                results[f"aviary b{batch} (phase 2)"].speedup(results[f"nemo b{batch}"]), 3
+            ),
             f"aviary b1 / nemo best of b1, b{batch}": round(
                 rtfx["aviary b1 (phase 2)"] / max(rtfx["nemo b1"], rtfx[f"nemo b{batch}"]), 3
             ),
@@ -208,11 +244,12 @@ def nemo_phase(
 
     torch.set_num_threads(threads)  # NeMo gets the same cores as everyone else
     reference = load_nemo_engine(model / "model.nemo", "bench", device="cpu")
+    batches = _batches(clips, batch)
     runs: Runs = {
-        "aviary b1 (phase 2)": lambda: [aviary.transcribe([c], PLAIN) for c in clips],
-        "nemo b1": lambda: [reference.transcribe([c], PLAIN) for c in clips],
-        f"aviary b{batch} (phase 2)": lambda: [aviary.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
-        f"nemo b{batch}": lambda: [reference.transcribe(b, PLAIN * len(b)) for b in _batches(clips, batch)],
+        "aviary b1 (phase 2)": [partial(aviary.transcribe, [c], PLAIN) for c in clips],
+        "nemo b1": [partial(reference.transcribe, [c], PLAIN) for c in clips],
+        f"aviary b{batch} (phase 2)": [partial(aviary.transcribe, b, PLAIN * len(b)) for b in batches],
+        f"nemo b{batch}": [partial(reference.transcribe, b, PLAIN * len(b)) for b in batches],
     }
     return measure(runs, audio_seconds, rounds)
 
