@@ -148,15 +148,15 @@ class SessionFactory:
         """The encoder's session; on the CPU with its position projections tabled (`engine.positions`)."""
         path = model_dir.files["encoder-model"]
         seconds = self.options.position_seconds
-        model = None
+        graph = None
         if self.device == "cpu" and seconds:
             from aviary.engine.positions import precompute_positions
 
             frames = math.ceil(seconds * SAMPLE_RATE / (MEL_HOP_SAMPLES * model_dir.subsampling_factor)) + 1
-            model = precompute_positions(path, frames)
-        if model is None:
+            graph = precompute_positions(path, frames)
+        if graph is None:
             return self.create(path)
-        return self.create(model.SerializeToString(), weights_dir=path.parent)
+        return self.create(graph.model.SerializeToString(), weights_dir=graph.weights)
 
     def _session_options(self, *, cpu: bool, weights_dir: Path | None = None) -> ort.SessionOptions:
         options = ort.SessionOptions()

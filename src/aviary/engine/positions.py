@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aviary.engine.graphs import Graph, load_graph
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -31,29 +33,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def precompute_positions(path: Path, frames: int) -> onnx.ModelProto | None:
+def precompute_positions(path: Path, frames: int) -> Graph | None:
     """The encoder graph at `path` rewritten to slice `linear_pos` products from precomputed tables.
 
     The tables cover the relative positions of inputs of up to `frames` encoder frames; longer
     inputs multiply the rows beyond them as before. External weights stay where they are (the
-    returned graph refers to them relative to `path`'s folder). None when the graph is not
+    returned graph refers to them in its `weights` folder, `engine.graphs`). None when the graph is not
     NeMo's relative-position layout (a Slice of a constant [1, R, d] encoding table, consumed by
     MatMuls with float32 [d, d'] weights), so the caller runs it unchanged.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    loaded = load_graph(path)
+    if loaded is None:
+        return None
+    model, weights = loaded.model, str(loaded.weights)
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     constants = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute}
 
     def array(name: str) -> npt.NDArray[np.float32] | None:
         tensor = initializers[name] if name in initializers else constants.get(name)
-        values = None if tensor is None else numpy_helper.to_array(tensor, base_dir=str(path.parent))
+        values = None if tensor is None else numpy_helper.to_array(tensor, base_dir=weights)
         return values if values is not None and values.dtype == np.float32 else None
 
-    found = _encoding_slice(graph, initializers, constants)
+    found = _encoding_slice(graph, initializers, constants, weights)
     if found is None:
         return None
     slice_node, projections = found
@@ -109,18 +113,21 @@ def precompute_positions(path: Path, frames: int) -> onnx.ModelProto | None:
     del graph.node[:]
     graph.node.extend(n for group in nodes for n in group)
     logger.debug("Tabled %d position projections of %s for %d frames", len(projections), path.name, frames)
-    return model
+    return Graph(model, loaded.weights)
 
 
 def _encoding_slice(
-    graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], constants: dict[str, onnx.TensorProto]
+    graph: onnx.GraphProto,
+    initializers: dict[str, onnx.TensorProto],
+    constants: dict[str, onnx.TensorProto],
+    weights: str,
 ) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
     """The Slice of the positional-encoding table along its rows, and the projections of its output."""
     from onnx import numpy_helper
 
     def constant(name: str) -> list[int] | None:
         tensor = initializers[name] if name in initializers else constants.get(name)
-        return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor).ravel()]
+        return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor, base_dir=weights).ravel()]
 
     for node in graph.node:
         if node.op_type != "Slice" or len(node.input) < 4:  # noqa: PLR2004 - data, starts, ends, axes[, steps]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from aviary.engine.graphs import load_graph
 from aviary.engine.onnx import check_float32
 
 if TYPE_CHECKING:
@@ -152,13 +153,18 @@ class _Network:
     @classmethod
     def read(cls, path: Path) -> _Network | None:
         """The weights of the graph at `path` when it is NeMo's layout and NumPy reproduces it, else None."""
-        import onnx
         from google.protobuf.message import DecodeError
         from onnx import numpy_helper
+        from onnx.checker import ValidationError
+        from onnx.external_data_helper import load_external_data_for_model
 
         try:
-            model = onnx.load(str(path))
-        except (OSError, DecodeError):
+            graph = load_graph(path)
+            if graph is None:
+                return None
+            model = graph.model
+            load_external_data_for_model(model, str(graph.weights))
+        except (OSError, DecodeError, ValidationError):
             return None
         weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         for node in model.graph.node:  # the exporter turns equal weights into Identity nodes of one initializer
