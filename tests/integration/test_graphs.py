@@ -50,6 +50,7 @@ def test_a_cached_model_with_external_weights_loads_with_every_rewrite(
     assert "Tabled" in caplog.text  # engine.positions read the encoder's weights through the link
     cases = golden(name)["cases"][:3]
     if name == "canary-digits":
+        assert "Split decoder-model.onnx" in caplog.text  # engine.invariants: both parts find the weights
         options = [canary_options(c) for c in cases]
     else:  # the NumPy decoder read the decoder's weights through the link
         assert isinstance(engine._decoder, NumpyDecoder)  # type: ignore[attr-defined]  # noqa: SLF001

@@ -5,14 +5,17 @@ The canary2 prompt (`▁ <|startofcontext|> <|startoftranscript|> <|emo:undefine
 may mix languages and tasks. The decoder runs once on the prompts, then one token per step for the
 rows still generating; rows that reach end-of-text leave the batch (their cache slices are dropped),
 so a long answer never makes the short ones pay. Text is every token but the `<|...|>` specials.
+On the CPU the decoder's cross-attention keys and values are computed once per batch
+(`engine.invariants`), not at every step as the exported graph does.
 Canary gives no word times here (canary-1b-v2 aligns with a separate CTC model that is not part of
 the ONNX export): transcripts carry one segment spanning the audio, and no words.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,11 +26,18 @@ from aviary.errors import InvalidModelError
 from aviary.types import SAMPLE_RATE, Segment, Transcript
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy.typing as npt
+    import onnxruntime as ort
 
     from aviary.engine.onnx import ModelDir, SessionFactory
     from aviary.types import Audio, TranscribeOptions
 
+logger = logging.getLogger(__name__)
+
+UTTERANCE_INPUTS = ("encoder_embeddings", "encoder_mask")
+"""The decoder's inputs that are the same at every step of an utterance."""
 LANGUAGE_TOKEN = re.compile(r"<\|[a-z]{2}\|>")
 PROMPT_SPECIALS = (
     "<|startofcontext|>",
@@ -61,9 +71,26 @@ class AedEngine(OnnxEngine):
         self._special = np.array([p.startswith("<|") and p.endswith("|>") for _, p in sorted(vocab.items())])
         self._max_length = int(model_dir.config.get("max_sequence_length", 1024))
         self._encoder = factory.create_encoder(model_dir)
-        self._decoder = factory.create(model_dir.files["decoder-model"])
+        self._once, self._decoder = self._decoder_sessions(model_dir.files["decoder-model"], factory)
+        self._step_inputs = {i.name for i in self._decoder.get_inputs()}
         mems = next(i for i in self._decoder.get_inputs() if i.name == "decoder_mems").shape
         self._mems_shape = (int(mems[0]), int(mems[3]))
+
+    @staticmethod
+    def _decoder_sessions(
+        path: Path, factory: SessionFactory
+    ) -> tuple[ort.InferenceSession | None, ort.InferenceSession]:
+        """(the per-batch part, the per-step part) of the decoder; (None, the graph) when it is not split."""
+        if factory.device == "cpu" and factory.options.split_decoder:
+            from aviary.engine.invariants import rows_independent, split_invariant
+
+            split = split_invariant(path, UTTERANCE_INPUTS)
+            if split is not None:
+                once = factory.create(split.once.SerializeToString(), weights_dir=split.weights)
+                if rows_independent(once):
+                    return once, factory.create(split.step.SerializeToString(), weights_dir=split.weights)
+            logger.info("%s keeps its exported decoder: no per-utterance part to split off", path.name)
+        return None, factory.create(path)
 
     def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
         prompts = np.array([self._prompt(o) for o in options], dtype=np.int64)
@@ -119,33 +146,41 @@ class AedEngine(OnnxEngine):
         self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.int64], prompts: npt.NDArray[np.int64]
     ) -> list[list[int]]:
         batch = prompts.shape[0]
+        fixed = self._utterance_feeds(embeddings, mask)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         rows = np.arange(batch)  # original row of each row still in the batch
         mems = np.zeros((self._mems_shape[0], batch, 0, self._mems_shape[1]), dtype=np.float32)
         step_ids = prompts
         length = prompts.shape[1]
         while rows.size and length < self._max_length:
-            logits, mems = self._step(step_ids, embeddings, mask, mems)
+            logits, mems = self._step(step_ids, fixed, mems)
             chosen = logits[:, -1].argmax(axis=-1)
             going = chosen != self._eos
             for row, token in zip(rows[going].tolist(), chosen[going].tolist(), strict=True):
                 tokens[row].append(token)
             if not going.all():
                 rows, mems = rows[going], mems[:, going]
-                embeddings, mask = embeddings[going], mask[going]
+                fixed = {name: values[going] for name, values in fixed.items()}
             step_ids = chosen[going][:, None].astype(np.int64)
             length += 1
         return tokens
 
+    def _utterance_feeds(
+        self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The decoder's inputs that stay the same at every step, each with one row per utterance."""
+        feeds: dict[str, npt.NDArray[Any]] = {"encoder_embeddings": embeddings, "encoder_mask": mask}
+        if self._once is not None:
+            cuts = [o.name for o in self._once.get_outputs()]
+            outputs = self._once.run(cuts, {i.name: feeds[i.name] for i in self._once.get_inputs()})
+            feeds = {name: values for name, values in feeds.items() if name in self._step_inputs}
+            feeds.update(zip(cuts, outputs, strict=True))
+        return feeds
+
     def _step(
-        self,
-        input_ids: npt.NDArray[np.int64],
-        embeddings: npt.NDArray[np.float32],
-        mask: npt.NDArray[np.int64],
-        mems: npt.NDArray[np.float32],
+        self, input_ids: npt.NDArray[np.int64], fixed: dict[str, npt.NDArray[Any]], mems: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         logits, states = self._decoder.run(
-            ["logits", "decoder_hidden_states"],
-            {"input_ids": input_ids, "encoder_embeddings": embeddings, "encoder_mask": mask, "decoder_mems": mems},
+            ["logits", "decoder_hidden_states"], {"input_ids": input_ids, "decoder_mems": mems, **fixed}
         )
         return check_float32(logits), check_float32(states)

@@ -67,6 +67,9 @@ class RuntimeOptions:
     position_seconds: float | None = 30.0
     """On the CPU, precompute the encoder's relative-position projections for inputs up to this long
     (`engine.positions`; longer inputs still work, their extra rows computed per run). None: off."""
+    split_decoder: bool = True
+    """On the CPU, run the parts of Canary's decoder that depend only on the utterance once per batch
+    rather than at every step (`engine.invariants`). False: the decoder graph as exported."""
 
 
 @dataclass(frozen=True)
