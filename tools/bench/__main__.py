@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 DEFAULT_MODEL = Path("~/.cache/aviary-bench/parakeet-tdt-0.6b-v2").expanduser()
+DEFAULT_CANARY = Path("~/.cache/aviary-bench/canary-180m-flash").expanduser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,14 +15,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile"),
-        help="engines: CPU engines side by side; cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
+        choices=("engines", "canary", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile"),
+        help="engines: CPU engines side by side; canary: Canary's decoding, split vs exported vs onnx-asr (--tokens);"
+        " cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
         " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads;"
         " jobs: the job path vs /transcribe (--jobs); batching: concurrent clients, batcher vs batch 1 vs onnx-asr"
         " (--clients, --requests); longfile: one long recording vs the same audio as 30 s clips (--hours)",
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model directory (real-size parakeet)")
+    parser.add_argument(
+        "--model", type=Path, help="ONNX model directory (default: the real-size parakeet; canary: canary-180m-flash)"
+    )
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
@@ -35,23 +39,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4, help="batching: 10 s clips each client sends per round")
     parser.add_argument("--hours", type=float, default=3.0, help="longfile: length of the recording")
     parser.add_argument("--audio", type=Path, help="cuda: the clips written by `clips --out`")
+    parser.add_argument(
+        "--tokens", type=int, default=60, help="canary: tokens decoded per clip (random weights never stop)"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here (clips: the .npz to write)")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.benchmark == "longfile" else 3
+    if args.model is None:
+        args.model = DEFAULT_CANARY if args.benchmark == "canary" else DEFAULT_MODEL
 
-    if args.benchmark in {"jobs", "server", "batching", "longfile"}:
-        return _emit(_longfile(args) if args.benchmark == "longfile" else _http(args), args.out)
+    runners = {"jobs": _http, "server": _http, "batching": _http, "longfile": _longfile, "canary": _canary}
+    if args.benchmark in runners:
+        return _emit(runners[args.benchmark](args), args.out)
     from tools.bench import audio as audio_bench
     from tools.bench import clips, cuda, engines
 
-    if args.benchmark == "audio":
-        return _emit(audio_bench.run(args.minutes, args.rounds), args.out)
     if args.benchmark == "clips":
         cuda.save_clips(args.clips, args.out)
         return 0
-    if args.benchmark == "cuda":
-        return _emit(cuda.run(args.audio, args.batch, args.rounds), args.out)
+    if args.benchmark in {"audio", "cuda"}:
+        report = (
+            audio_bench.run(args.minutes, args.rounds)
+            if args.benchmark == "audio"
+            else cuda.run(args.audio, args.batch, args.rounds)
+        )
+        return _emit(report, args.out)
     audio = clips.benchmark_clips(args.clips)
     if args.nemo_only:
         return _emit(
@@ -87,6 +100,14 @@ def _http(args: argparse.Namespace) -> dict[str, object]:
     if args.benchmark == "jobs":
         return jobs.run(args.model, threads=args.threads, rounds=args.rounds, jobs=args.jobs)
     return server.run(args.model, threads=args.threads, rounds=args.rounds, concurrent=args.concurrent)
+
+
+def _canary(args: argparse.Namespace) -> dict[str, object]:
+    """Canary's decoding: the split decoder vs the exported one vs onnx-asr."""
+    from tools.bench import canary, clips
+
+    audio = clips.benchmark_clips(args.clips)
+    return canary.run(args.model, audio, threads=args.threads, batch=args.batch, rounds=args.rounds, tokens=args.tokens)
 
 
 def _longfile(args: argparse.Namespace) -> dict[str, object]:

@@ -197,16 +197,7 @@ def run(
     if nemo:
         ratios["aviary b1 / nemo b1 (phase 2)"] = ratio("aviary b1 (phase 2)", "nemo b1")
         ratios[f"aviary {b} / nemo {b} (phase 2)"] = ratio(f"aviary {b} (phase 2)", f"nemo {b}")
-    return {
-        "audio_seconds": round(audio_seconds, 1),
-        "clips": len(clips),
-        "threads": threads,
-        "rounds": rounds,
-        "rtfx": {r.name: round(r.rtfx, 2) for r in results.values()},
-        "ratios": ratios,
-        **report,
-        "peak_rss_mb": round(_peak_rss_mb(), 0),
-    }
+    return {**summary(results, audio_seconds, len(clips), threads, rounds), "ratios": ratios, **report}
 
 
 def run_nemo(model: Path, clips: list[Audio], *, threads: int, batch: int, rounds: int) -> dict[str, Any]:
@@ -252,6 +243,18 @@ def nemo_phase(
         f"nemo b{batch}": [partial(reference.transcribe, b, PLAIN * len(b)) for b in batches],
     }
     return measure(runs, audio_seconds, rounds)
+
+
+def summary(results: dict[str, Result], audio_seconds: float, clips: int, threads: int, rounds: int) -> dict[str, Any]:
+    """What every engine report starts with: the run's size and each system's RTFx, and its peak memory."""
+    return {
+        "audio_seconds": round(audio_seconds, 1),
+        "clips": clips,
+        "threads": threads,
+        "rounds": rounds,
+        "rtfx": {r.name: round(r.rtfx, 2) for r in results.values()},
+        "peak_rss_mb": round(_peak_rss_mb(), 0),
+    }
 
 
 def _peak_rss_mb() -> float:
