@@ -47,44 +47,6 @@ def test_the_projections_of_the_encoder_output_move_to_the_per_utterance_part() 
     assert [o.name for o in split.step.graph.output] == [o.name for o in exported.graph.output]
 
 
-def test_split_steps_equal_the_exported_decoder_as_rows_leave_the_batch() -> None:
-    split = split_invariant(DECODER, UTTERANCE_INPUTS)
-    assert split is not None
-    exported, once, step = session(DECODER), session(split.once), session(split.step)
-    inputs = {i.name: i.shape for i in exported.get_inputs()}
-    layers, width = inputs["decoder_mems"][0], inputs["decoder_mems"][3]
-    vocabulary = exported.get_outputs()[0].shape[2]
-    rng = np.random.default_rng(5)
-    rows, frames = 3, 17
-    embeddings = rng.standard_normal((rows, frames, inputs["encoder_embeddings"][2])).astype(np.float32)
-    mask = np.zeros((rows, frames), dtype=np.int64)
-    for row, valid in enumerate((frames, 11, 4)):
-        mask[row, :valid] = 1
-    fixed = dict(
-        zip(
-            split.cuts,
-            once.run(list(split.cuts), {"encoder_embeddings": embeddings, "encoder_mask": mask}),
-            strict=True,
-        )
-    )
-    ids = rng.integers(0, vocabulary, (rows, 6))
-    mems_exported = mems_split = np.zeros((layers, rows, 0, width), dtype=np.float32)
-    for step_number in range(5):
-        want_logits, mems_exported = exported.run(
-            None,
-            {"input_ids": ids, "encoder_embeddings": embeddings, "encoder_mask": mask, "decoder_mems": mems_exported},
-        )
-        have_logits, mems_split = step.run(None, {"input_ids": ids, "decoder_mems": mems_split, **fixed})
-        np.testing.assert_allclose(have_logits, want_logits, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(mems_split, mems_exported, rtol=1e-5, atol=1e-5)
-        if step_number == 1:  # the middle row finishes: every per-utterance input loses it along axis 0
-            keep = np.array([True, False, True])
-            embeddings, mask = embeddings[keep], mask[keep]
-            fixed = {name: values[keep] for name, values in fixed.items()}
-            mems_exported, mems_split = mems_exported[:, keep], mems_split[:, keep]
-        ids = rng.integers(0, vocabulary, (len(embeddings), 1))
-
-
 def test_the_engine_splits_its_decoder_and_keeps_nemos_tokens(caplog: pytest.LogCaptureFixture) -> None:
     cases = golden("canary-digits")["cases"]
     audio, options = [clip(c["clip"]) for c in cases], [canary_options(c) for c in cases]

@@ -6,7 +6,8 @@ may mix languages and tasks. The decoder runs once on the prompts, then one toke
 rows still generating; rows that reach end-of-text leave the batch (their cache slices are dropped),
 so a long answer never makes the short ones pay. Text is every token but the `<|...|>` specials.
 On the CPU the decoder's cross-attention keys and values are computed once per batch
-(`engine.invariants`), not at every step as the exported graph does.
+(`engine.invariants`) and its self-attention ones once per token (`engine.kv_cache`), where the
+exported graph recomputes both at every step.
 Canary gives no word times here (canary-1b-v2 aligns with a separate CTC model that is not part of
 the ONNX export): transcripts carry one segment spanning the audio, and no words.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     import onnxruntime as ort
 
+    from aviary.engine.kv_cache import Cache
     from aviary.engine.onnx import ModelDir, SessionFactory
     from aviary.types import Audio, TranscribeOptions
 
@@ -71,7 +73,7 @@ class AedEngine(OnnxEngine):
         self._special = np.array([p.startswith("<|") and p.endswith("|>") for _, p in sorted(vocab.items())])
         self._max_length = int(model_dir.config.get("max_sequence_length", 1024))
         self._encoder = factory.create_encoder(model_dir)
-        self._once, self._decoder = self._decoder_sessions(model_dir.files["decoder-model"], factory)
+        self._once, self._decoder, self._caches = self._decoder_sessions(model_dir.files["decoder-model"], factory)
         self._step_inputs = {i.name for i in self._decoder.get_inputs()}
         mems = next(i for i in self._decoder.get_inputs() if i.name == "decoder_mems").shape
         self._mems_shape = (int(mems[0]), int(mems[3]))
@@ -79,18 +81,33 @@ class AedEngine(OnnxEngine):
     @staticmethod
     def _decoder_sessions(
         path: Path, factory: SessionFactory
-    ) -> tuple[ort.InferenceSession | None, ort.InferenceSession]:
-        """(the per-batch part, the per-step part) of the decoder; (None, the graph) when it is not split."""
-        if factory.device == "cpu" and factory.options.split_decoder:
-            from aviary.engine.invariants import rows_independent, split_invariant
+    ) -> tuple[ort.InferenceSession | None, ort.InferenceSession, list[Cache]]:
+        """(the per-batch part or None, the per-step part, its self-attention caches) of the decoder.
 
-            split = split_invariant(path, UTTERANCE_INPUTS)
-            if split is not None:
-                once = factory.create(split.once.SerializeToString(), weights_dir=split.weights)
-                if rows_independent(once):
-                    return once, factory.create(split.step.SerializeToString(), weights_dir=split.weights)
-            logger.info("%s keeps its exported decoder: no per-utterance part to split off", path.name)
-        return None, factory.create(path)
+        On the CPU, `engine.invariants` splits off the per-utterance part and `engine.kv_cache` adds the
+        caches, each where the graph allows it; otherwise the graph as exported.
+        """
+        if factory.device != "cpu":
+            return None, factory.create(path), []
+        from aviary.engine.graphs import load_graph
+        from aviary.engine.invariants import rows_independent, split_invariant
+        from aviary.engine.kv_cache import cache_self_attention
+
+        options = factory.options
+        once = None
+        split = split_invariant(path, UTTERANCE_INPUTS) if options.split_decoder else None
+        if split is not None:
+            once = factory.create(split.once.SerializeToString(), weights_dir=split.weights)
+            if not rows_independent(once):
+                once, split = None, None
+        graph = (split.step, split.weights) if split is not None else None
+        if graph is None and options.cache_self_attention:
+            loaded = load_graph(path)
+            graph = (loaded.model, loaded.weights) if loaded is not None else None
+        caches = cache_self_attention(graph[0]) if graph is not None and options.cache_self_attention else []
+        if graph is None or (once is None and not caches):
+            return None, factory.create(path), []
+        return once, factory.create(graph[0].SerializeToString(), weights_dir=graph[1]), caches
 
     def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
         prompts = np.array([self._prompt(o) for o in options], dtype=np.int64)
@@ -150,10 +167,11 @@ class AedEngine(OnnxEngine):
         tokens: list[list[int]] = [[] for _ in range(batch)]
         rows = np.arange(batch)  # original row of each row still in the batch
         mems = np.zeros((self._mems_shape[0], batch, 0, self._mems_shape[1]), dtype=np.float32)
+        caches = {c.input: np.zeros((batch, 0, c.width), dtype=np.float32) for c in self._caches}
         step_ids = prompts
         length = prompts.shape[1]
         while rows.size and length < self._max_length:
-            logits, mems = self._step(step_ids, fixed, mems)
+            logits, mems, caches = self._step(step_ids, fixed, mems, caches)
             chosen = logits[:, -1].argmax(axis=-1)
             going = chosen != self._eos
             for row, token in zip(rows[going].tolist(), chosen[going].tolist(), strict=True):
@@ -161,6 +179,7 @@ class AedEngine(OnnxEngine):
             if not going.all():
                 rows, mems = rows[going], mems[:, going]
                 fixed = {name: values[going] for name, values in fixed.items()}
+                caches = {name: values[going] for name, values in caches.items()}
             step_ids = chosen[going][:, None].astype(np.int64)
             length += 1
         return tokens
@@ -178,9 +197,16 @@ class AedEngine(OnnxEngine):
         return feeds
 
     def _step(
-        self, input_ids: npt.NDArray[np.int64], fixed: dict[str, npt.NDArray[Any]], mems: npt.NDArray[np.float32]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        logits, states = self._decoder.run(
-            ["logits", "decoder_hidden_states"], {"input_ids": input_ids, "decoder_mems": mems, **fixed}
+        self,
+        input_ids: npt.NDArray[np.int64],
+        fixed: dict[str, npt.NDArray[Any]],
+        mems: npt.NDArray[np.float32],
+        caches: dict[str, npt.NDArray[np.float32]],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
+        """One decoding step: logits, the grown layer inputs, and the grown self-attention caches."""
+        logits, states, *grown = self._decoder.run(
+            ["logits", "decoder_hidden_states", *(c.output for c in self._caches)],
+            {"input_ids": input_ids, "decoder_mems": mems, **fixed, **caches},
         )
-        return check_float32(logits), check_float32(states)
+        new_caches = {c.input: check_float32(v) for c, v in zip(self._caches, grown, strict=True)}
+        return check_float32(logits), check_float32(states), new_caches

@@ -70,6 +70,9 @@ class RuntimeOptions:
     split_decoder: bool = True
     """On the CPU, run the parts of Canary's decoder that depend only on the utterance once per batch
     rather than at every step (`engine.invariants`). False: the decoder graph as exported."""
+    cache_self_attention: bool = True
+    """On the CPU, cache Canary's self-attention keys and values rather than re-project every earlier
+    token at every step (`engine.kv_cache`)."""
 
 
 @dataclass(frozen=True)
