@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "benchmark",
         choices=("engines", "canary", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile"),
-        help="engines: CPU engines side by side; canary: Canary's decoding, split vs exported vs onnx-asr (--tokens);"
-        " cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
+        help="engines: CPU engines side by side; canary: Canary's decoding, rewritten vs exported vs onnx-asr"
+        " (--tokens); cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
         " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads;"
         " jobs: the job path vs /transcribe (--jobs); batching: concurrent clients, batcher vs batch 1 vs onnx-asr"
         " (--clients, --requests); longfile: one long recording vs the same audio as 30 s clips (--hours)",
