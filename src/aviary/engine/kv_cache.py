@@ -9,6 +9,10 @@ concatenation along tokens: `cache_self_attention` rewrites each layer to projec
 tokens (the query's own layer norm output, same weights) and concatenate the result to a cache the
 caller passes in, returning the grown cache as a new output. The arithmetic per row is the
 exported graph's; `decoder_mems` stays (the token positions are read from its length).
+
+Measured with `tools.bench canary` (random-weight canary-180m-flash, 2 threads, 8 clips of 5-30 s,
+60 tokens each, after the split): 1.16x end to end at batch 1, 1.26x at batch 8; tokens identical.
+The gain grows with the output's length.
 """
 
 from __future__ import annotations
