@@ -47,17 +47,17 @@ def precompute_positions(path: Path, frames: int) -> Graph | None:
     loaded = load_graph(path)
     if loaded is None:
         return None
-    model, weights = loaded.model, str(loaded.weights)
+    model = loaded.model
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     constants = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute}
 
     def array(name: str) -> npt.NDArray[np.float32] | None:
         tensor = initializers[name] if name in initializers else constants.get(name)
-        values = None if tensor is None else numpy_helper.to_array(tensor, base_dir=weights)
+        values = None if tensor is None else loaded.array(tensor)
         return values if values is not None and values.dtype == np.float32 else None
 
-    found = _encoding_slice(graph, initializers, constants, weights)
+    found = _encoding_slice(graph, initializers, constants, loaded)
     if found is None:
         return None
     slice_node, projections = found
@@ -120,14 +120,13 @@ def _encoding_slice(
     graph: onnx.GraphProto,
     initializers: dict[str, onnx.TensorProto],
     constants: dict[str, onnx.TensorProto],
-    weights: str,
+    loaded: Graph,
 ) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
     """The Slice of the positional-encoding table along its rows, and the projections of its output."""
-    from onnx import numpy_helper
 
     def constant(name: str) -> list[int] | None:
         tensor = initializers[name] if name in initializers else constants.get(name)
-        return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor, base_dir=weights).ravel()]
+        return None if tensor is None else [int(v) for v in loaded.array(tensor).ravel()]
 
     for node in graph.node:
         if node.op_type != "Slice" or len(node.input) < 4:  # noqa: PLR2004 - data, starts, ends, axes[, steps]

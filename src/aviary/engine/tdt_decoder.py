@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from aviary.engine.graphs import load_graph
+from aviary.engine.graphs import Graph, load_graph
 from aviary.engine.onnx import check_float32
 
 if TYPE_CHECKING:
@@ -154,19 +154,15 @@ class _Network:
     def read(cls, path: Path) -> _Network | None:
         """The weights of the graph at `path` when it is NeMo's layout and NumPy reproduces it, else None."""
         from google.protobuf.message import DecodeError
-        from onnx import numpy_helper
-        from onnx.checker import ValidationError
-        from onnx.external_data_helper import load_external_data_for_model
 
         try:
             graph = load_graph(path)
             if graph is None:
                 return None
-            model = graph.model
-            load_external_data_for_model(model, str(graph.weights))
-        except (OSError, DecodeError, ValidationError):
+            weights = {i.name: graph.array(i) for i in graph.model.graph.initializer}
+        except (OSError, DecodeError, ValueError):
             return None
-        weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        model = graph.model
         for node in model.graph.node:  # the exporter turns equal weights into Identity nodes of one initializer
             if node.op_type == "Identity" and node.input[0] in weights:
                 weights[node.output[0]] = weights[node.input[0]]
@@ -194,13 +190,15 @@ class _Network:
             )
         except (KeyError, StopIteration, ValueError):
             return None
-        return network if network.reproduces(model) else None
+        return network if network.reproduces(graph) else None
 
-    def reproduces(self, model: onnx.ModelProto, batch: int = 3) -> bool:
+    def reproduces(self, graph: Graph, batch: int = 3) -> bool:
         """Whether NumPy's outputs equal onnxruntime's for the graph on random inputs (float tolerance)."""
         import onnxruntime as ort
 
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph.weights))
+        session = ort.InferenceSession(graph.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
         h = rng.standard_normal((self.depth, batch, self.hidden)).astype(np.float32)
         c = rng.standard_normal(h.shape).astype(np.float32)
