@@ -102,6 +102,27 @@ def _until(check: Callable[[], bool], seconds: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(tmp_path: Path) -> None:
+    config = Settings(model=str(tmp_path), upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data")
+
+    def crash(source: Source, path: Path) -> Engine:
+        del source, path
+        msg = "Data of TensorProto should be stored elsewhere"
+        raise ValueError(msg)
+
+    app = create_app(config, registry=Registry(config, loader=crash))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _until(lambda: client.get("/health").json()["status"] != "loading")
+        health = client.get("/health").json()
+        assert (health["status"], health["model_loaded"]) == ("degraded", False)
+        assert health["reason"] == (
+            f"[invalid_model] The model '{tmp_path}' cannot be loaded: "
+            "ValueError: Data of TensorProto should be stored elsewhere."
+        )
+        response = _post(client)
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "invalid_model")
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(tmp_path: Path) -> None:
     release = threading.Event()
     engine = FakeEngine(text=lambda _: "slow" if release.wait(60) else "never")

@@ -11,7 +11,7 @@ import pytest
 
 from aviary.config import Settings
 from aviary.engine.registry import KNOWN, Registry, Source
-from aviary.errors import ModelNotFoundError, ModelUnavailableError
+from aviary.errors import InvalidModelError, ModelNotFoundError, ModelUnavailableError
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.fixtures import MODELS, clip
 from tests.support.hub import add_onnx_model, add_to_cache
@@ -116,6 +116,41 @@ def test_concurrent_first_requests_load_a_model_once() -> None:
     assert started.is_set()
     assert len(calls) == 1
     assert all(e is engines[0] for e in engines)
+
+
+@pytest.mark.parametrize("name", ["someone/a b-onnx", "someone/a..b", "someone/-a", "someone/" + "a" * 97])
+def test_hub_ids_the_hub_would_refuse_are_model_not_found(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ModelNotFoundError) as error:
+        registry(tmp_path).get(name)
+    assert error.value.code == "model_not_found"
+    assert name in str(error.value)
+
+
+def test_a_loader_that_raises_anything_gives_invalid_model_and_the_next_get_loads_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
+
+    attempts: list[Source] = []
+
+    def flaky_loader(source: Source, path: Path) -> Engine:
+        attempts.append(source)
+        if len(attempts) == 1:
+            msg = "the graph is broken\nand a second line"
+            raise RuntimeError(msg)
+        return load_onnx_engine(path, source.name, RuntimeOptions(device="cpu", intra_op_threads=1))
+
+    reg = Registry(Settings(offline=True, cache_dir=tmp_path / "hub", device="cpu"), loader=flaky_loader)
+    name = str(MODELS / "parakeet-tdt-tiny")
+    with pytest.raises(InvalidModelError) as error:
+        reg.get(name)
+    assert error.value.code == "invalid_model"
+    assert str(error.value) == f"The model '{name}' cannot be loaded: RuntimeError: the graph is broken."
+    assert isinstance(error.value.__cause__, RuntimeError)
+    assert "and a second line" in caplog.text  # the whole traceback is logged
+    assert reg.loaded() == []
+    assert reg.get(name).info.family == "tdt"
+    assert len(attempts) == 2
 
 
 def test_a_failed_load_is_not_cached(tmp_path: Path) -> None:

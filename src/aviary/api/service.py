@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import math
 import threading
 import time
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from aviary.types import TranscribeOptions, Transcript
 
 Status = Literal["loading", "healthy", "degraded"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Service:
             engine = self.registry.get(self.settings.model)
         except AviaryError as exc:
             health = Health("degraded", self._health.model_name, reason=f"[{exc.code}] {exc}")
+        except Exception as exc:  # whatever stops the load, health must say so rather than "loading" forever
+            logger.exception("Loading the default model failed")
+            health = Health("degraded", self._health.model_name, reason=f"[internal_error] {type(exc).__name__}: {exc}")
         else:
             health = Health("healthy", engine.info.name, device=engine.info.device)
         with self._lock:

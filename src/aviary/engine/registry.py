@@ -10,6 +10,7 @@ Each model loads once, even when many threads ask for it at the same time.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from aviary.engine.batcher import Batcher
 from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
-from aviary.errors import ModelNotFoundError, ModelUnavailableError
+from aviary.errors import AviaryError, InvalidModelError, ModelNotFoundError, ModelUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,6 +31,7 @@ EUROPEAN = (
     "lt", "lv", "mt", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sv", "uk",
 )  # fmt: skip
 FLASH = ("de", "en", "es", "fr")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class Registry:
             known = next((m for m in KNOWN.values() if requested in {m.nemo_repo, m.onnx_repo}), None)
             if known is not None:
                 return self._known(known)
+            if not _valid_repo_id(requested):
+                raise ModelNotFoundError(name, (*self.settings.aliases, *KNOWN))
             engine: EngineName = "onnx" if requested.endswith("-onnx") else "nemo"
             return Source(requested, engine, "hub", requested)
         raise ModelNotFoundError(name, (*self.settings.aliases, *KNOWN))
@@ -147,7 +151,14 @@ class Registry:
         return Source(model.name, engine, "hub", model.onnx_repo if engine == "onnx" else model.nemo_repo, model)
 
     def get(self, name: str) -> Engine:
-        """The loaded engine for `name`, loading it on first use (once, however many threads ask)."""
+        """The loaded engine for `name`, loading it on first use (once, however many threads ask).
+
+        A load that fails is tried again by the next caller.
+
+        Raises:
+            ModelError: the model does not exist, is not available, or its files do not load (any
+                other failure of the loader becomes `InvalidModelError`, its traceback logged).
+        """
         source = self.resolve(name)
         with self._guard:
             if source in self._engines:
@@ -155,10 +166,22 @@ class Registry:
             lock = self._locks.setdefault(source, threading.Lock())
         with lock:
             if source not in self._engines:
-                engine = self._loader(source, self.fetch(source))
+                engine = self._load_source(source)
                 with self._guard:
                     self._engines[source] = engine
         return self._engines[source]
+
+    def _load_source(self, source: Source) -> Engine:
+        path = self.fetch(source)
+        try:
+            return self._loader(source, path)
+        except AviaryError:
+            raise
+        except Exception as exc:
+            logger.exception("Loading the model %s from %s failed", source.name, path)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+            raise InvalidModelError(source.name, reason) from exc
 
     def batcher(self, engine: Engine) -> Batcher:
         """The one batcher of a loaded `engine` (started on first use): every caller shares it."""
@@ -248,3 +271,15 @@ class Registry:
             position_seconds=min(settings.chunk_seconds, 60.0),
         )
         return load_onnx_engine(path, source.name, options, languages=languages)
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    """Whether the hub would accept `repo_id` (its own check: characters, `--`, `..`, length)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]  # exported lazily
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
