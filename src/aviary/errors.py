@@ -133,8 +133,12 @@ class InvalidOptionError(RequestError):
     code = "invalid_option"
 
     def __init__(self, option: str, value: object, expected: str) -> None:
-        """Name the option, the value given and what is expected."""
-        super().__init__(f"Invalid {option} {value!r}: expected {expected}.")
+        """Name the option, the value given (None: the option is missing) and what is expected."""
+        super().__init__(
+            f"Missing {option}: expected {expected}."
+            if value is None
+            else f"Invalid {option} {value!r}: expected {expected}."
+        )
         self.param = option
 
 

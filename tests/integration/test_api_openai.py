@@ -179,7 +179,9 @@ def test_bad_requests_are_400_with_openai_errors(client: openai.OpenAI, spoken: 
     assert _error(error.value)["code"] == "unsupported_task"
     with pytest.raises(openai.BadRequestError) as error:
         _translate(client, model="canary", file=path.read_bytes())
-    assert "language" in str(_error(error.value)["message"])
+    body = _error(error.value)
+    assert (body["code"], body["param"]) == ("invalid_option", "language")
+    assert str(body["message"]).startswith("Missing language: expected the spoken language")
     with pytest.raises(openai.NotFoundError) as missing:
         client.audio.transcriptions.create(model="whisper-2", file=path.read_bytes())
     assert _error(missing.value)["code"] == "model_not_found"
