@@ -210,6 +210,24 @@ def test_a_word_timed_past_the_end_of_the_last_chunk_is_kept() -> None:
     assert [w.start for w in placed.words] == pytest.approx([2.1, 2.9])
 
 
+def test_no_time_in_the_joined_transcript_runs_past_the_end_of_the_audio() -> None:
+    words = (Word("a", 0.1, 0.4, 1.0), Word("b", 0.9, 1.3, 0.5))
+    segments = (Segment("a", 0.1, 0.4, words[:1]), Segment("b", 0.9, 1.3, words[1:]))
+    last = longform.place(
+        Transcript("a b", 1.0, None, words, segments), longform.Span(32_000, 48_000, 32_000, longform.OPEN_END)
+    )
+    first = Transcript(
+        "x", 2.0, None, (Word("x", 0.5, 0.9, 1.0),), (Segment("x", 0.5, 0.9, (Word("x", 0.5, 0.9, 1.0),)),)
+    )
+    for parts in ([first, last], [last]):
+        joined = longform.join(parts, 3.1)
+        assert joined.words[-1] == Word("b", 2.9, 3.1, 0.5)
+        assert (joined.segments[-1].start, joined.segments[-1].end) == pytest.approx((2.9, 3.1))
+        assert joined.segments[-1].words == (Word("b", 2.9, 3.1, 0.5),)
+        assert joined.words[-2].end == pytest.approx(2.4)  # times inside the audio are untouched
+    assert longform.join([last], 3.3).words[-1].end == pytest.approx(3.3)
+
+
 def test_checkpointed_parts_come_back_equal() -> None:
     audio, _ = bursts(30)
     transcript = BurstEngine().transcribe([audio], [OPTIONS])[0]

@@ -227,16 +227,36 @@ def place(transcript: Transcript, span: Span) -> Transcript:
 
 
 def join(parts: Sequence[Transcript], seconds: float) -> Transcript:
-    """One transcript of placed chunks, in order, over `seconds` of audio."""
+    """One transcript of placed chunks, in order, over `seconds` of audio.
+
+    No time runs past the end of the audio: a token's duration can reach beyond the last frame
+    (a word cut off by the end of the recording), and a subtitle should not outlast its media.
+    """
+
+    def within(word: Word) -> Word:
+        if word.end <= seconds:
+            return word
+        return Word(word.word, min(word.start, seconds), seconds, word.confidence)
+
+    def segment_within(segment: Segment) -> Segment:
+        if segment.end <= seconds:
+            return segment
+        words = tuple(within(w) for w in segment.words)
+        return Segment(segment.text, min(segment.start, seconds), seconds, words)
+
     if len(parts) == 1:
         only = parts[0]
-        return Transcript(only.text, seconds, only.language, only.words, only.segments, only.tokens, only.timestamps)
+        words, segments = only.words, only.segments
+    else:
+        words = tuple(w for p in parts for w in p.words)
+        segments = tuple(s for p in parts for s in p.segments)
     return Transcript(
         text=" ".join(p.text for p in parts if p.text),
         duration=seconds,
         language=next((p.language for p in parts if p.language), None),
-        words=tuple(w for p in parts for w in p.words),
-        segments=tuple(s for p in parts for s in p.segments),
+        words=tuple(within(w) for w in words),
+        segments=tuple(segment_within(s) for s in segments),
+        tokens=parts[0].tokens if len(parts) == 1 else (),
         timestamps=all(p.timestamps for p in parts),
     )
 
