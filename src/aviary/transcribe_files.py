@@ -9,9 +9,10 @@ other files are still processed, and the exit status says whether any failed.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TYPE_CHECKING, Any, Self, TextIO, cast
 
 from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import Registry
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
 
-    from aviary.audio import IsolatedDecoder
+    from aviary.audio import IsolatedDecoder, MediaInfo
     from aviary.config import Settings
     from aviary.engine.batcher import Batcher
 
@@ -49,7 +50,7 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
         failed = 0
         for path in _progress([Path(f) for f in args.files], sys.stderr):
             try:
-                text = _one(registry.batcher(engine), decoder, path, options, args.format, settings)
+                text = _one(registry.batcher(engine), decoder, path, options, args.format, settings, sys.stderr)
             except (AviaryError, OSError) as exc:
                 code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
                 reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
@@ -64,13 +65,53 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _one(  # noqa: PLR0917  (one call site, every argument needed)
-    batcher: Batcher, decoder: IsolatedDecoder, path: Path, options: TranscribeOptions, fmt: str, settings: Settings
+    batcher: Batcher,
+    decoder: IsolatedDecoder,
+    path: Path,
+    options: TranscribeOptions,
+    fmt: str,
+    settings: Settings,
+    stream: TextIO,
 ) -> str:
     with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
         pass
     chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
-    transcript = transcribe_source(decoder, batcher, path.resolve(), options, chunking)
+    with _AudioProgress(path.name, stream) as progress:
+        transcript = transcribe_source(
+            decoder, batcher, path.resolve(), options, chunking, on_info=progress.info, on_progress=progress.update
+        )
     return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
+
+
+class _AudioProgress:
+    """Seconds of one file transcribed so far, as a bar on `stream` when it is a terminal.
+
+    Against the length the container declares, when it declares one; nothing when not a terminal.
+    """
+
+    def __init__(self, name: str, stream: TextIO) -> None:
+        self._name, self._stream = name, stream
+        self._bar: Any = None
+
+    def __enter__(self) -> Self:
+        if self._stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=self._name, file=self._stream, unit="s", leave=False)
+        return self
+
+    def info(self, info: MediaInfo) -> None:
+        if self._bar is not None and info.declared_seconds:
+            self._bar.total = math.ceil(info.declared_seconds)
+            self._bar.refresh()
+
+    def update(self, seconds: float) -> None:
+        if self._bar is not None:
+            self._bar.update(int(seconds) - self._bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _write(text: str, path: Path, out_dir: Path | None, fmt: str, *, several: bool) -> None:

@@ -14,6 +14,7 @@ import srt
 
 from tests.support.fixtures import AUDIO, MODELS, golden
 from tests.support.hub import add_onnx_model
+from tests.support.longaudio import encode_mp3, long_recording
 from tests.support.media import ENCODINGS, encode
 from tools.fixtures import speech
 
@@ -30,6 +31,42 @@ def test_prints_the_golden_text_of_a_parakeet_clip() -> None:
     done = aviary("transcribe", str(AUDIO / "en-digits-6.wav"), "--model", str(MODELS / "parakeet-tdt-tiny"))
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == case["text"] + "\n"
+
+
+def test_a_terminal_sees_how_many_seconds_of_each_file_are_done(tmp_path: Path) -> None:
+    import fcntl
+    import math
+    import pty
+    import struct
+    import termios
+
+    recording = long_recording(75, seed=4)
+    path = tmp_path / "seventy-five.mp3"
+    path.write_bytes(encode_mp3(recording))
+    terminal, stderr = pty.openpty()
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a width to draw in
+    environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
+    command = [AVIARY, "transcribe", str(path), "--model", str(MODELS / "parakeet-digits")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=environment) as process:
+        os.close(stderr)
+        shown = b""
+        while chunk := _read(terminal):
+            shown += chunk
+        stdout = process.stdout.read() if process.stdout else b""
+    os.close(terminal)
+    assert process.returncode == 0, shown
+    assert jiwer.wer(recording.text, stdout.decode().strip()) < 0.1
+    bar = shown.decode()
+    assert "seventy-five.mp3:   0%|" in bar
+    assert f"| 0/{math.ceil(recording.seconds)} [" in bar  # the length the MP3 declares
+    assert "s/s]" in bar
+
+
+def _read(terminal: int) -> bytes:
+    try:
+        return os.read(terminal, 4096)
+    except OSError:  # the other side closed
+        return b""
 
 
 def test_canary_transcribes_and_translates_with_language_flags() -> None:

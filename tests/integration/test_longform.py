@@ -21,6 +21,7 @@ from tests.support.longaudio import Recording, encode_mp3, long_recording, wer
 from tests.support.media import Encoding, encode
 
 if TYPE_CHECKING:
+    from aviary.audio import MediaInfo
     from aviary.types import Transcript
     from tests.integration.conftest import Api
 
@@ -67,12 +68,23 @@ def test_half_an_hour_transcribes_as_well_as_its_utterances_one_by_one(half_hour
     recording, path = half_hour
     decoder = Settings().audio_decoder()
     batcher = Batcher(engine(), max_batch=16)
+    infos: list[MediaInfo] = []
+    progress: list[float] = []
     try:
-        transcript = transcribe_source(decoder, batcher, path, OPTIONS, Chunking(max_seconds=30.0))
+        chunking = Chunking(max_seconds=30.0)
+        transcript = transcribe_source(
+            decoder, batcher, path, OPTIONS, chunking, on_info=infos.append, on_progress=progress.append
+        )
         decoded = decoder.decode(path)
     finally:
         batcher.close()
         decoder.close()
+    assert [i.container for i in infos] == ["mp3"]
+    assert infos[0].declared_seconds == pytest.approx(recording.seconds, abs=1.0)
+    assert len(progress) > 1800 / 30  # once per chunk, then the whole length
+    assert progress == sorted(progress)
+    assert 0 < progress[0] <= 30.0
+    assert progress[-1] == transcript.duration
     alone = wer(recording.text, " ".join(t for t in _one_by_one(decoded, recording) if t))
     whole = wer(recording.text, transcript.text)
     assert whole <= alone + 0.01, (whole, alone)

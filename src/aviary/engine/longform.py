@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from aviary.audio.pyav import MediaInfo
 from aviary.engine.vad import FRAME, shared_vad
 from aviary.types import SAMPLE_RATE, Segment, Transcript, Word
 
@@ -268,14 +269,16 @@ def transcribe_stream(
     chunking: Chunking | None = None,
     ahead: int = 4,
     on_part: Callable[[Transcript], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
     preparing: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> Transcript:
     """Plan `blocks`, hand each chunk to `submit` (up to `ahead` waiting at once), and join the results.
 
     `preparing` is held while the next chunk is planned (the batcher's hint that one is coming).
 
-    `on_part` sees each placed chunk as soon as it and those before it are done (streaming). On any
-    error, its own included, the chunks still waiting are cancelled and the error is raised.
+    `on_part` sees each placed chunk as soon as it and those before it are done (streaming), and
+    `on_progress` the seconds of audio transcribed so far (then, at the end, the audio's length). On
+    any error, its own included, the chunks still waiting are cancelled and the error is raised.
     """
     planner = Planner(chunking)
     waiting: deque[tuple[Span, Future[Transcript]]] = deque()
@@ -290,20 +293,28 @@ def transcribe_stream(
             if chunk is None:
                 break
             while len(waiting) >= max(1, ahead):
-                parts.append(_done(waiting.popleft(), on_part))
+                parts.append(_done(waiting.popleft(), on_part, on_progress))
         while waiting:
-            parts.append(_done(waiting.popleft(), on_part))
+            parts.append(_done(waiting.popleft(), on_part, on_progress))
     finally:
         for _, future in waiting:
             future.cancel()
+    if on_progress is not None:
+        on_progress(planner.seconds)
     return join(parts, planner.seconds)
 
 
-def _done(item: tuple[Span, Future[Transcript]], on_part: Callable[[Transcript], None] | None) -> Transcript:
+def _done(
+    item: tuple[Span, Future[Transcript]],
+    on_part: Callable[[Transcript], None] | None,
+    on_progress: Callable[[float], None] | None,
+) -> Transcript:
     span, future = item
     part = place(future.result(), span)
     if on_part is not None:
         on_part(part)
+    if on_progress is not None:
+        on_progress(min(span.keep_end, span.end) / SAMPLE_RATE)
     return part
 
 
@@ -352,14 +363,18 @@ def transcribe_source(
     *,
     owner: Hashable = None,
     on_part: Callable[[Transcript], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    on_info: Callable[[MediaInfo], None] | None = None,
     stop: threading.Event | None = None,
 ) -> Transcript:
     """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
 
     Up to twice `batcher.max_batch` chunks wait at once, so one long file fills a batch by itself
     and the next batch is queued while one runs (planning a chunk takes a while: decoding and VAD);
-    `on_part` sees each chunk's placed transcript in order, as it is ready. Once `stop` is set
-    (with `batcher.cancel(owner)` for the chunks already waiting), no further chunk is sent.
+    `on_part` sees each chunk's placed transcript in order, as it is ready, `on_progress` the seconds
+    transcribed so far, `on_info` what the container says (its declared length, say) before any
+    audio. Once `stop` is set (with `batcher.cancel(owner)` for the chunks already waiting), no
+    further chunk is sent.
 
     Raises:
         AudioError: the decoder refused the input (see `IsolatedDecoder.stream`).
@@ -373,11 +388,19 @@ def transcribe_source(
             raise CancelledError
         return batcher.submit(audio, options, owner=key)
 
+    def blocks() -> Iterator[Audio]:
+        for item in decoder.stream_with_info(source):
+            if not isinstance(item, MediaInfo):
+                yield item
+            elif on_info is not None:
+                on_info(item)
+
     return transcribe_stream(
-        decoder.stream(source),
+        blocks(),
         submit,
         chunking=chunking,
         ahead=2 * batcher.max_batch,
         on_part=on_part,
+        on_progress=on_progress,
         preparing=batcher.preparing,
     )
