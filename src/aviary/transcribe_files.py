@@ -9,7 +9,9 @@ other files are still processed, and the exit status says whether any failed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TextIO, cast
@@ -22,7 +24,7 @@ from aviary.types import TranscribeOptions
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from aviary.audio import IsolatedDecoder, MediaInfo
     from aviary.config import Settings
@@ -42,26 +44,47 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(settings)
     decoder = settings.audio_decoder()
     try:
-        engine = registry.get(settings.model)
-        engine.info.check(options)
-        out_dir = Path(args.output_dir) if args.output_dir else None
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        failed = 0
-        for path in _progress([Path(f) for f in args.files], sys.stderr):
-            try:
-                text = _one(registry.batcher(engine), decoder, path, options, args.format, settings, sys.stderr)
-            except (AviaryError, OSError) as exc:
-                code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
-                reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
-                sys.stderr.write(f"aviary: {path}: [{code}] {reason}\n")
-                failed += 1
-                continue
-            _write(text, path, out_dir, args.format, several=len(args.files) > 1)
+        with _results_stdout() as stdout:
+            engine = registry.get(settings.model)
+            engine.info.check(options)
+            out_dir = Path(args.output_dir) if args.output_dir else None
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            failed = 0
+            for path in _progress([Path(f) for f in args.files], sys.stderr):
+                try:
+                    text = _one(registry.batcher(engine), decoder, path, options, args.format, settings, sys.stderr)
+                except (AviaryError, OSError) as exc:
+                    code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
+                    reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
+                    sys.stderr.write(f"aviary: {path}: [{code}] {reason}\n")
+                    failed += 1
+                    continue
+                _write(text, path, out_dir, stdout, args.format, several=len(args.files) > 1)
     finally:
         decoder.close()
         registry.close()
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _results_stdout() -> Iterator[TextIO]:
+    """Standard output for the transcripts alone.
+
+    While it is held, whatever else writes to standard output goes to standard error: NeMo's info
+    log (its handler holds `sys.stdout` from the moment NeMo is imported), `print`s, and C libraries
+    writing to descriptor 1. So `aviary transcribe --format json x.wav | jq` reads only JSON.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with os.fdopen(os.dup(saved), "w", encoding="utf-8") as results:
+            yield results
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _one(  # noqa: PLR0917  (one call site, every argument needed)
@@ -114,15 +137,15 @@ class _AudioProgress:
             self._bar.close()
 
 
-def _write(text: str, path: Path, out_dir: Path | None, fmt: str, *, several: bool) -> None:
+def _write(text: str, path: Path, out_dir: Path | None, stdout: TextIO, fmt: str, *, several: bool) -> None:
     body = text if text.endswith("\n") else text + "\n"
     if out_dir is not None:
         (out_dir / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
         return
     if several:
-        sys.stdout.write(f"==> {path} <==\n")
-    sys.stdout.write(body)
-    sys.stdout.flush()
+        stdout.write(f"==> {path} <==\n")
+    stdout.write(body)
+    stdout.flush()
 
 
 def _progress(paths: list[Path], stream: TextIO) -> Iterable[Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
+import pytest
 import srt
 
 from tests.support.fixtures import AUDIO, MODELS, golden
@@ -67,6 +68,15 @@ def _read(terminal: int) -> bytes:
         return os.read(terminal, 4096)
     except OSError:  # the other side closed
         return b""
+
+
+@pytest.mark.fixtures
+def test_stdout_carries_only_transcripts_while_nemo_logs() -> None:
+    model = MODELS / "parakeet-digits" / "model.nemo"
+    done = aviary("transcribe", str(AUDIO / "en-digits-3.wav"), "--model", str(model), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"text": "three one four"}
+    assert "[NeMo I" in done.stderr  # NeMo's info log, which it writes to stdout, went to stderr
 
 
 def test_canary_transcribes_and_translates_with_language_flags() -> None:
