@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         "encoded in parts and decoded as one. Default: 60 s on the CPU (activations live in RAM: 0.2 GB + "
         "12 MB per second for Parakeet 0.6B), the whole batch on CUDA.",
     )
+    warm_up: bool = Field(
+        default=True,
+        description="Run the default model once on a chunk of silence before reporting healthy, so the first "
+        "request does not pay for first-run set-up (memory arena growth; on CUDA, library and kernel loading).",
+    )
     chunk_seconds: float = Field(
         default=30.0,
         ge=5.0,

@@ -16,6 +16,7 @@ from aviary.api import create_app
 from aviary.config import Settings
 from aviary.engine.registry import Registry
 from aviary.testing import FakeEngine
+from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.media import ENCODINGS, encode
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import httpx2
+    import numpy.typing as npt
 
     from aviary.engine.base import Engine
     from aviary.engine.registry import Source
@@ -37,6 +39,7 @@ def _client(tmp_path: Path, engine: FakeEngine, **settings: object) -> TestClien
         "upload_dir": tmp_path / "uploads",
         "data_dir": tmp_path / "data",
         "decoder_processes": 1,
+        "warm_up": False,  # a warm-up call would count among the engine's calls
         **settings,
     }
     config = Settings(**values)
@@ -100,6 +103,33 @@ def _until(check: Callable[[], bool], seconds: float = 30.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_the_default_model_is_warmed_up_on_a_chunk_of_silence_before_it_is_healthy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: list[npt.NDArray[np.float32]] = []
+
+    def hear(audio: npt.NDArray[np.float32]) -> str:
+        heard.append(audio)
+        return "hello"
+
+    engine = FakeEngine(text=hear)
+    settings = {"warm_up": True, "chunk_seconds": 7}
+    with caplog.at_level(logging.INFO, logger="aviary"), _client(tmp_path, engine, **settings) as client:
+        _until(lambda: client.get("/health").json()["status"] != "loading")
+        assert client.get("/health").json()["status"] == "healthy"
+        assert engine.calls == [(1, [TranscribeOptions()])]  # before any request
+        assert heard[0].shape == (7 * SAMPLE_RATE,)
+        assert not heard[0].any()
+        assert _post(client).status_code == 200
+    assert "Warmed up fake" in caplog.text
+
+    failing = FakeEngine(fail=True)
+    with caplog.at_level(logging.INFO, logger="aviary"), _client(tmp_path, failing, warm_up=True) as client:
+        _until(lambda: client.get("/health").json()["status"] != "loading")
+        assert client.get("/health").json()["status"] == "healthy"  # served all the same
+    assert "Warming up fake failed: [inference_failed]" in caplog.text
 
 
 def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(tmp_path: Path) -> None:
