@@ -132,7 +132,9 @@ def test_the_default_model_is_warmed_up_on_a_chunk_of_silence_before_it_is_healt
     assert "Warming up fake failed: [inference_failed]" in caplog.text
 
 
-def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(tmp_path: Path) -> None:
+def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = Settings(model=str(tmp_path), upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data")
 
     def crash(source: Source, path: Path) -> Engine:
@@ -141,7 +143,7 @@ def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(tmp_
         raise ValueError(msg)
 
     app = create_app(config, registry=Registry(config, loader=crash))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with caplog.at_level(logging.WARNING, logger="aviary"), TestClient(app, raise_server_exceptions=False) as client:
         _until(lambda: client.get("/health").json()["status"] != "loading")
         health = client.get("/health").json()
         assert (health["status"], health["model_loaded"]) == ("degraded", False)
@@ -151,6 +153,8 @@ def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(tmp_
         )
         response = _post(client)
         assert (response.status_code, response.json()["error"]["code"]) == (503, "invalid_model")
+    assert "The default model is not served: [invalid_model]" in caplog.text
+    assert "raise ValueError(msg)" in caplog.text  # with the loader's traceback, for the operator
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(tmp_path: Path) -> None:

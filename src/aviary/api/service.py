@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import KNOWN, Registry
 from aviary.engine.vad import shared_vad
-from aviary.errors import AviaryError, ModelNotFoundError, ServerBusyError
+from aviary.errors import AviaryError, InvalidModelError, ModelNotFoundError, ServerBusyError
 from aviary.jobs import Jobs
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 
@@ -109,6 +109,8 @@ class Service:
             engine = self.registry.get(self.settings.model)
         except AviaryError as exc:
             health = Health("degraded", self._health.model_name, reason=f"[{exc.code}] {exc}")
+            broken = isinstance(exc, InvalidModelError)  # its files failed to load: the operator needs the why
+            logger.warning("The default model is not served: %s", health.reason, exc_info=broken)
         except Exception as exc:  # whatever stops the load, health must say so rather than "loading" forever
             logger.exception("Loading the default model failed")
             health = Health("degraded", self._health.model_name, reason=f"[internal_error] {type(exc).__name__}: {exc}")

@@ -157,7 +157,7 @@ class Registry:
 
         Raises:
             ModelError: the model does not exist, is not available, or its files do not load (any
-                other failure of the loader becomes `InvalidModelError`, its traceback logged).
+                other failure of the loader becomes `InvalidModelError`, with the failure as its cause).
         """
         source = self.resolve(name)
         with self._guard:
@@ -178,7 +178,7 @@ class Registry:
         except AviaryError:
             raise
         except Exception as exc:
-            logger.exception("Loading the model %s from %s failed", source.name, path)
+            logger.debug("Loading the model %s from %s failed", source.name, path, exc_info=True)
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
             raise InvalidModelError(source.name, reason) from exc
