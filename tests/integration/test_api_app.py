@@ -17,6 +17,7 @@ from aviary.config import Settings
 from aviary.engine.registry import Registry
 from aviary.testing import FakeEngine
 from aviary.types import SAMPLE_RATE, TranscribeOptions
+from tests.support.fixtures import MODELS
 from tests.support.media import ENCODINGS, encode
 
 if TYPE_CHECKING:
@@ -130,6 +131,28 @@ def test_the_default_model_is_warmed_up_on_a_chunk_of_silence_before_it_is_healt
         _until(lambda: client.get("/health").json()["status"] != "loading")
         assert client.get("/health").json()["status"] == "healthy"  # served all the same
     assert "Warming up fake failed: [inference_failed]" in caplog.text
+
+
+def test_health_says_why_the_model_runs_on_the_cpu_when_cuda_was_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aviary.engine.onnx
+    from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
+
+    # onnxruntime-gpu on a machine without a GPU: CUDA is listed, its sessions come up on the CPU.
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(aviary.engine.onnx, "available_providers", lambda: listed)
+    config = Settings(model=str(tmp_path), upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data", warm_up=False)
+
+    def load(source: Source, path: Path) -> Engine:
+        del source, path
+        return load_onnx_engine(MODELS / "parakeet-digits", "digits", RuntimeOptions(device="cuda", intra_op_threads=1))
+
+    with TestClient(create_app(config, registry=Registry(config, loader=load))) as client:
+        _until(lambda: client.get("/health").json()["status"] != "loading")
+        health = client.get("/health").json()
+    assert (health["status"], health["device"]) == ("healthy", "cpu")
+    assert health["device_fallback"].startswith("CUDA failed to initialise")
 
 
 def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(

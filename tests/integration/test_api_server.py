@@ -24,6 +24,7 @@ def test_aviary_serve_loads_the_default_model_and_reports_it() -> None:
         assert health["model_loaded"] is True
         assert health["model_name"] == model
         assert health["device"] == "cpu"
+        assert health["device_fallback"] is None  # CPU asked for (auto, no CUDA provider): nothing fell back
         assert health["loaded_models"] == [model]
         status, info = get_json(port, "/")
         assert status == 200

@@ -206,6 +206,28 @@ def test_quantized_files_are_preferred_when_asked_for(tmp_path: Path) -> None:
         read_model_dir(model, "m")
 
 
+@pytest.mark.parametrize("name", ["parakeet-digits", "canary-digits"])
+def test_a_cuda_provider_that_fails_to_start_leaves_an_engine_that_knows_it_runs_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # onnxruntime-gpu without a GPU: the CUDA provider is listed, but its sessions come up on the CPU.
+    import aviary.engine.onnx
+
+    monkeypatch.setattr(
+        aviary.engine.onnx, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    engine = load_onnx_engine(MODELS / name, name, RuntimeOptions(device="cuda", intra_op_threads=1))
+    assert engine.info.device == "cpu"
+    assert (engine.info.fallback or "").startswith("CUDA failed to initialise")
+    # What follows from the device is the CPU's: batches encoded in parts, the CPU's decoders.
+    assert engine.encoder_parts([30 * SAMPLE_RATE] * 3) == [[0, 1], [2]]
+    if name == "parakeet-digits":
+        assert isinstance(engine._decoder, NumpyDecoder)  # type: ignore[attr-defined]  # noqa: SLF001
+    case = golden(name)["cases"][0]
+    options = canary_options(case) if name == "canary-digits" else TranscribeOptions()
+    assert list(engine.transcribe([clip(case["clip"])], [options])[0].tokens) == case["tokens"]
+
+
 def test_cuda_request_without_cuda_falls_back_to_cpu_once(caplog: pytest.LogCaptureFixture) -> None:
     import onnxruntime as ort
 

@@ -69,6 +69,8 @@ async def root(request: Request) -> dict[str, Any]:
 async def health(request: Request) -> dict[str, Any]:
     """`status` is `healthy`, `loading` or `degraded` (with `reason`); `model_loaded` as the seed's clients read it.
 
+    `device` is where the default model runs, and `device_fallback` why on the CPU when CUDA was asked for.
+
     `queue` says how many transcriptions run (`running`, at most `workers`) and wait (`waiting`, at most
     `max_queue` before requests are refused). Answered on the event loop, never behind inference.
     """
@@ -79,6 +81,7 @@ async def health(request: Request) -> dict[str, Any]:
         "model_loaded": state.status == "healthy",
         "model_name": state.model_name,
         "device": state.device,
+        "device_fallback": state.device_fallback,
         "reason": state.reason,
         "loaded_models": sorted(engine.info.name for engine in service.loaded()),
         "queue": asdict(service.load()),

@@ -66,6 +66,8 @@ class Health:
     model_name: str
     device: str | None = None
     reason: str | None = None
+    device_fallback: str | None = None
+    """Why the model runs on the CPU though CUDA was asked for."""
 
 
 class _StreamClosedError(Exception):
@@ -117,7 +119,8 @@ class Service:
         else:
             if self.settings.warm_up:
                 self._warm_up(engine)
-            health = Health("healthy", engine.info.name, device=engine.info.device)
+            info = engine.info
+            health = Health("healthy", info.name, device=info.device, device_fallback=info.fallback)
         with self._lock:
             self._health = health
 

@@ -31,6 +31,8 @@ class ModelInfo:
     """Whether `task="translate"` is possible."""
     timestamps: bool = True
     """Whether transcripts carry word times."""
+    fallback: str | None = None
+    """Why it runs on the CPU though CUDA was asked for; None when it runs where it was asked to."""
 
     def check(self, options: TranscribeOptions) -> None:
         """Raise a `RequestError` when the model cannot honour `options`."""

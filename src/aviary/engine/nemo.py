@@ -47,8 +47,18 @@ _Prompt = tuple[str, str, bool]  # Canary's source language, target language and
 class NemoEngine:
     """A NeMo ASR model: Parakeet (TDT / RNN-T, with word times) or Canary (AED, multitask)."""
 
-    def __init__(self, name: str, model: Any, device: str, languages: tuple[str, ...] = ()) -> None:  # noqa: ANN401
-        """Wrap a restored model already on `device`; set greedy decoding with timestamps and confidence."""
+    def __init__(
+        self,
+        name: str,
+        model: Any,  # noqa: ANN401 - a NeMo ASRModel
+        device: str,
+        languages: tuple[str, ...] = (),
+        fallback: str | None = None,
+    ) -> None:
+        """Wrap a restored model already on `device` (`fallback`: why not on CUDA, when it was asked for).
+
+        Sets greedy decoding with timestamps and confidence.
+        """
         from nemo.collections.asr.models import EncDecMultiTaskModel, EncDecRNNTModel
 
         self._name = name
@@ -60,7 +70,9 @@ class NemoEngine:
             self._config = _without_min_padding(MultiTaskTranscriptionConfig)
             if model.cfg.decoding.strategy not in {"greedy", "greedy_batch"}:
                 model.change_decoding_strategy(_decoding(model, strategy="greedy_batch"))
-            self._info = ModelInfo(name, "nemo", "aed", device, _languages(model), translation=True, timestamps=False)
+            self._info = ModelInfo(
+                name, "nemo", "aed", device, _languages(model), translation=True, timestamps=False, fallback=fallback
+            )
         elif isinstance(model, EncDecRNNTModel):
             from nemo.collections.asr.parts.mixins.transcription import TranscribeConfig
 
@@ -68,7 +80,7 @@ class NemoEngine:
             decoding = _decoding(model, strategy="greedy_batch", compute_timestamps=True, confidence_cfg=CONFIDENCE)
             model.change_decoding_strategy(decoding, verbose=False)
             self._vocabulary = int(model.decoding.blank_id) + 1  # tokens plus blank: what max_prob normalises by
-            self._info = ModelInfo(name, "nemo", "tdt", device, languages)
+            self._info = ModelInfo(name, "nemo", "tdt", device, languages, fallback=fallback)
         else:
             raise InvalidModelError(name, f"a {type(model).__name__} is neither a TDT/RNN-T nor a Canary model")
         model.eval()
@@ -228,7 +240,8 @@ def load_nemo_engine(
     if hub:
         path = _download(str(source), name)
     model = _restore(path, name)
-    return NemoEngine(name, model, _place(model, device), languages)
+    placed, fallback = _place(model, device)
+    return NemoEngine(name, model, placed, languages, fallback)
 
 
 def _download(repo: str, name: str) -> Path:
@@ -259,22 +272,27 @@ def _restore(path: Path, name: str) -> Any:  # noqa: ANN401 - a NeMo ASRModel
         raise InvalidModelError(name, f"NeMo cannot load it as an ASR model ({type(exc).__name__})") from exc
 
 
-def _place(model: Any, device: Literal["auto", "cpu", "cuda"]) -> str:  # noqa: ANN401 - a NeMo ASRModel
-    """Move the model to CUDA when asked for (or `auto` and present); return where it ended up."""
+def _place(model: Any, device: Literal["auto", "cpu", "cuda"]) -> tuple[str, str | None]:  # noqa: ANN401
+    """Move the model to CUDA when asked for (or `auto` and present).
+
+    Returns where it ended up, and why not on CUDA when CUDA was asked for.
+    """
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return "cpu"
+        return "cpu", None
     if not torch.cuda.is_available():
-        logger.warning("CUDA requested but unavailable (torch sees no CUDA device); running on CPU")
-        return "cpu"
+        reason = "torch sees no CUDA device"
+        logger.warning("CUDA requested but unavailable (%s); running on CPU", reason)
+        return "cpu", reason
     try:
         model.to("cuda")
     except Exception as exc:  # noqa: BLE001 - any CUDA failure (driver, memory) means "use the CPU"
-        logger.warning("CUDA failed (%s); running on CPU", type(exc).__name__)
+        reason = f"CUDA failed ({type(exc).__name__})"
+        logger.warning("%s; running on CPU", reason)
         model.to("cpu")
-        return "cpu"
-    return "cuda"
+        return "cpu", reason
+    return "cuda", None
 
 
 def _decoding(model: Any, **changes: Any) -> Any:  # noqa: ANN401 - NeMo's DictConfig

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -261,15 +261,22 @@ class OnnxEngine(ABC):
         self._factory = factory
         self._preprocessor = Preprocessor(model_dir.features_size, factory)
         self._info = info
-        limit = factory.options.encoder_max_seconds
-        if limit is None and factory.device == "cpu":
-            limit = CPU_ENCODER_SECONDS
-        self._encoder_samples = None if limit is None else int(limit * SAMPLE_RATE)
 
     @property
     def info(self) -> ModelInfo:
-        """What this model is and can do."""
-        return self._info
+        """What this model is and can do, on the device its sessions ended up on.
+
+        A CUDA session that fails to initialise falls back to the CPU while the engine is being built
+        (an image with onnxruntime-gpu run without a GPU), after the family has described itself.
+        """
+        return replace(self._info, device=self._factory.device, fallback=self._factory.fallback_reason)
+
+    @property
+    def _encoder_samples(self) -> int | None:
+        limit = self._factory.options.encoder_max_seconds
+        if limit is None and self._factory.device == "cpu":
+            limit = CPU_ENCODER_SECONDS
+        return None if limit is None else int(limit * SAMPLE_RATE)
 
     def transcribe(self, audio: Sequence[Audio], options: Sequence[TranscribeOptions]) -> list[Transcript]:
         """Transcribe a batch: one options entry and one transcript per utterance, in order.
@@ -282,7 +289,7 @@ class OnnxEngine(ABC):
             msg = f"{len(audio)} utterances but {len(options)} options"
             raise ValueError(msg)
         for option in options:
-            self._info.check(option)
+            self._info.check(option)  # what a model can do does not depend on its device
         if not audio:
             return []
         try:
