@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(worker)
 
     transcribe = commands.add_parser("transcribe", help="transcribe or translate audio files")
-    transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
+    transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files; - reads standard input")
     _add_model_flags(transcribe)
     transcribe.add_argument("--language", help="spoken language, ISO 639-1 (Canary: default en)")
     transcribe.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TextIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Self, TextIO, cast
 
 from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import Registry
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from aviary.config import Settings
     from aviary.engine.batcher import Batcher
 
+STDIN = "-"
+"""The file name that means standard input (read whole, up to the upload cap, then decoded)."""
 EXTENSIONS = {"text": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
 
 
@@ -96,12 +98,17 @@ def _one(  # noqa: PLR0917  (one call site, every argument needed)
     settings: Settings,
     stream: TextIO,
 ) -> str:
-    with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
-        pass
+    source: Path | BinaryIO
+    if str(path) == STDIN:
+        source = sys.stdin.buffer
+    else:
+        with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
+            pass
+        source = path.resolve()
     chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
-    with _AudioProgress(path.name, stream) as progress:
+    with _AudioProgress(_stem(path) if source is sys.stdin.buffer else path.name, stream) as progress:
         transcript = transcribe_source(
-            decoder, batcher, path.resolve(), options, chunking, on_info=progress.info, on_progress=progress.update
+            decoder, batcher, source, options, chunking, on_info=progress.info, on_progress=progress.update
         )
     return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
 
@@ -140,12 +147,17 @@ class _AudioProgress:
 def _write(text: str, path: Path, out_dir: Path | None, stdout: TextIO, fmt: str, *, several: bool) -> None:
     body = text if text.endswith("\n") else text + "\n"
     if out_dir is not None:
-        (out_dir / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
+        (out_dir / f"{_stem(path)}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
         return
     if several:
         stdout.write(f"==> {path} <==\n")
     stdout.write(body)
     stdout.flush()
+
+
+def _stem(path: Path) -> str:
+    """The name of `path`'s output file, without its extension (`stdin` for `-`)."""
+    return "stdin" if str(path) == STDIN else path.stem
 
 
 def _progress(paths: list[Path], stream: TextIO) -> Iterable[Path]:

@@ -125,6 +125,24 @@ def test_digits_model_understands_fresh_speech_in_subtitles(tmp_path: Path) -> N
     assert jiwer.wer(references, hypotheses) < 0.1
 
 
+def test_a_dash_reads_audio_from_standard_input(tmp_path: Path) -> None:
+    def piped(stdin: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+        environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
+        command = [AVIARY, "transcribe", "-", "--model", str(MODELS / "parakeet-digits"), *extra]
+        return subprocess.run(command, input=stdin, capture_output=True, timeout=300, env=environment, check=False)
+
+    recording = long_recording(40, seed=6)
+    done = piped(encode_mp3(recording))
+    assert done.returncode == 0, done.stderr
+    assert jiwer.wer(recording.text, done.stdout.decode().strip()) < 0.1
+    out = tmp_path / "out"
+    done = piped((AUDIO / "en-digits-3.wav").read_bytes(), "--output-dir", str(out), "--format", "vtt")
+    assert done.returncode == 0, done.stderr
+    assert "three one four" in (out / "stdin.vtt").read_text(encoding="utf-8")
+    empty = piped(b"")
+    assert (empty.returncode, empty.stderr.decode()) == (1, "aviary: -: [empty_file] The file is empty.\n")
+
+
 def test_bad_files_get_one_line_each_and_the_rest_is_still_transcribed(tmp_path: Path) -> None:
     empty = tmp_path / "empty.wav"
     empty.touch()

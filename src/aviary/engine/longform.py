@@ -24,7 +24,7 @@ import contextlib
 from collections import deque
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import numpy as np
 
@@ -357,7 +357,7 @@ def load(data: dict[str, Any]) -> Transcript:
 def transcribe_source(
     decoder: IsolatedDecoder,
     batcher: Batcher,
-    source: Path,
+    source: Path | BinaryIO,
     options: TranscribeOptions,
     chunking: Chunking,
     *,
@@ -368,6 +368,8 @@ def transcribe_source(
     stop: threading.Event | None = None,
 ) -> Transcript:
     """Decode `source` as a stream and transcribe it chunk by chunk through `batcher` (blocking).
+
+    `source` is a file, or a binary stream (read whole, up to the decoder's byte cap, first).
 
     Up to twice `batcher.max_batch` chunks wait at once, so one long file fills a batch by itself
     and the next batch is queued while one runs (planning a chunk takes a while: decoding and VAD);
