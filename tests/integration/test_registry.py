@@ -153,6 +153,31 @@ def test_a_loader_that_raises_anything_gives_invalid_model_and_the_next_get_load
     assert len(attempts) == 2
 
 
+def test_a_nemo_model_without_nemo_installed_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aviary.engine.registry
+
+    nemo_file = str(MODELS / "parakeet-digits" / "model.nemo")
+    monkeypatch.setattr(aviary.engine.registry, "nemo_installed", lambda: False)
+    for name in (nemo_file, "nvidia/canary-1b"):  # the hub model is not even looked up (offline: not cached)
+        with pytest.raises(InvalidModelError) as error:
+            registry(tmp_path).get(name)
+        assert str(error.value) == f"The model '{name}' cannot be loaded: {aviary.engine.registry.NEMO_MISSING}."
+    monkeypatch.undo()
+
+    def half_installed(source: Source, path: Path) -> Engine:
+        del source, path
+        msg = "No module named 'nemo.collections'"
+        raise ModuleNotFoundError(msg, name="nemo.collections")
+
+    reg = Registry(Settings(offline=True, cache_dir=tmp_path / "hub", device="cpu"), loader=half_installed)
+    with pytest.raises(InvalidModelError, match="NeMo engine, which is not installed"):
+        reg.get(nemo_file)
+    with pytest.raises(InvalidModelError, match=r"ModuleNotFoundError: No module named 'nemo\.collections'"):
+        reg.get(str(MODELS / "parakeet-digits"))  # an ONNX model: whatever it lacks, it is not NeMo
+
+
 def test_a_failed_load_is_not_cached(tmp_path: Path) -> None:
     reg = registry(tmp_path)
     with pytest.raises(ModelUnavailableError):

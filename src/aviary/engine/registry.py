@@ -32,6 +32,10 @@ EUROPEAN = (
 )  # fmt: skip
 FLASH = ("de", "en", "es", "fr")
 logger = logging.getLogger(__name__)
+NEMO_MISSING = (
+    "it runs on the NeMo engine, which is not installed here: install torch, then `pip install 'aviary-asr[nemo]'` "
+    "(Docker: build the image's `nemo` target)"
+)
 
 
 @dataclass(frozen=True)
@@ -172,12 +176,17 @@ class Registry:
         return self._engines[source]
 
     def _load_source(self, source: Source) -> Engine:
+        if source.engine == "nemo" and not nemo_installed():  # before downloading gigabytes it cannot run
+            raise InvalidModelError(source.name, NEMO_MISSING)
         path = self.fetch(source)
         try:
             return self._loader(source, path)
         except AviaryError:
             raise
         except Exception as exc:
+            missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in {"nemo", "torch"}
+            if missing and source.engine == "nemo":
+                raise InvalidModelError(source.name, NEMO_MISSING) from exc
             logger.debug("Loading the model %s from %s failed", source.name, path, exc_info=True)
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
@@ -283,3 +292,10 @@ def _valid_repo_id(repo_id: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def nemo_installed() -> bool:
+    """Whether NeMo and torch can be imported here (looked up, not imported: importing NeMo takes seconds)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("nemo", "torch"))
