@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 TIMEOUT = 5.0
 CODES = {"empty_file", "unsupported_media", "invalid_audio", "audio_too_long", "decode_timeout"}
-SEEDED = ("wav-s16", "mp3-44k-stereo", "flac-48k-5.1", "ogg-vorbis", "ogg-opus", "m4a-aac", "webm-opus", "aiff")
+SEEDED = (
+    *("wav-s16", "mp3-44k-stereo", "flac-48k-5.1", "ogg-vorbis", "ogg-opus", "m4a-aac", "webm-opus", "aiff"),
+    *("wma", "mpeg-ps", "mpeg-ts-video", "amr-nb", "wav-ima-adpcm"),
+)
 
 
 @pytest.fixture(scope="module")

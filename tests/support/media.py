@@ -24,6 +24,7 @@ class Encoding:
     sample_format: str | None = None
     video: str | None = None  # a video codec: the file is a video with an audio track
     options: tuple[tuple[str, str], ...] = ()
+    slack: float = 0.0  # seconds the codec may add or drop: its delay, or the padding of its last block
 
     @property
     def layout(self) -> str:
@@ -51,6 +52,18 @@ ENCODINGS = (
     Encoding("mov-video", "mov", "aac", rate=44_100, video="mpeg4"),
     Encoding("mkv-video", "matroska", "libopus", rate=48_000, video="mpeg4"),
     Encoding("webm-video", "webm", "libopus", rate=48_000, video="libvpx"),
+    Encoding("au-alaw", "au", "pcm_alaw", rate=8_000),
+    Encoding("wav-ima-adpcm", "wav", "adpcm_ima_wav", rate=16_000, slack=0.13),
+    Encoding("wav-ms-adpcm", "wav", "adpcm_ms", rate=22_050, channels=2, slack=0.05),
+    Encoding("wav-g722", "wav", "g722", rate=16_000),
+    Encoding("wav-g726", "wav", "adpcm_g726", rate=8_000),
+    Encoding("amr-nb", "amr", "libopencore_amrnb", rate=8_000, slack=0.05),
+    Encoding("wma", "asf", "wmav2", rate=44_100, channels=2, options=(("b", "64k"),), slack=0.05),
+    Encoding("ac3-5.1", "ac3", "ac3", rate=48_000, channels=6, slack=0.05),
+    Encoding("mpeg-ps", "mpeg", "mp2", rate=44_100, channels=2),
+    Encoding("mpeg-ts-video", "mpegts", "aac", rate=48_000, channels=2, video="mpeg4", slack=0.05),
+    Encoding("avi-video", "avi", "libmp3lame", rate=44_100, channels=2, video="mpeg4", slack=0.05),
+    Encoding("mkv-eac3-video", "matroska", "eac3", rate=48_000, channels=2, video="mpeg4", slack=0.05),
 )
 
 

@@ -48,7 +48,12 @@ if TYPE_CHECKING:
     import av.container
 
 # FFmpeg's names: demuxers, then decoders (native ones; FFmpeg's libopus/libvorbis wrappers are not needed).
-DEMUXERS = ("wav", "w64", "aiff", "caf", "mp3", "flac", "ogg", "aac", "mov", "matroska")
+# Beyond the usual audio files: the audio of MPEG program and transport streams, AVI and ASF (WMA, WMV),
+# raw AC-3, and what telephony and dictation leave behind (AMR, G.722, G.726, GSM, IMA and MS ADPCM).
+DEMUXERS = (
+    *("wav", "w64", "aiff", "caf", "au", "mp3", "flac", "ogg", "aac", "mov", "matroska"),
+    *("mpeg", "mpegts", "avi", "asf", "ac3", "eac3", "amr"),
+)
 DECODERS = frozenset(
     {
         *(f"pcm_{k}" for k in ("u8", "s8", "alaw", "mulaw")),
@@ -63,11 +68,24 @@ DECODERS = frozenset(
         "aac",
         "aac_latm",
         "alac",
+        "ac3",
+        "eac3",
+        "wmav1",
+        "wmav2",
+        "amrnb",
+        "g722",
+        "g726",
+        "gsm_ms",
+        "adpcm_ima_wav",
+        "adpcm_ms",
     }
 )
 # The first bytes of the accepted containers: a file that starts like one but that FFmpeg cannot open is
 # corrupt (invalid_audio), anything else is not media we take (unsupported_media).
-MAGIC = (b"RIFF", b"RF64", b"FORM", b"caff", b"fLaC", b"OggS", b"ID3", b"\x1aE\xdf\xa3")
+MAGIC = (
+    *(b"RIFF", b"RF64", b"FORM", b"caff", b".snd", b"fLaC", b"OggS", b"ID3", b"\x1aE\xdf\xa3"),
+    *(b"\x00\x00\x01\xba", b"0&\xb2u", b"#!AMR"),  # MPEG program stream, ASF, AMR
+)
 TRUNCATED = 0.9  # audio shorter than this share of its declared length (less half a second) is truncated
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_CHANNELS = 32
