@@ -72,7 +72,7 @@ class FakeEngine:
         return Transcript(
             text=" ".join(spoken),
             duration=duration,
-            language=options.output_language,
+            language=self.info.written_language(options),
             words=words,
             segments=tuple(segments_from_words(words)),
         )

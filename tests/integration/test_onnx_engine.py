@@ -165,6 +165,19 @@ def test_requests_a_model_cannot_serve_are_refused() -> None:
         english_only.transcribe([clip("en-digits-3.wav")], [TranscribeOptions(language="de")])
 
 
+def test_transcripts_name_the_language_they_are_written_in() -> None:
+    """Asked for, or the only one the model speaks (OpenAI's verbose_json says "english", not "unknown")."""
+    english_only = load_onnx_engine(MODELS / "parakeet-digits", "p", CPU, languages=("en",))
+    digits = clip("en-digits-3.wav")
+    assert english_only.transcribe([digits], [TranscribeOptions()])[0].language == "en"
+    assert engine("parakeet-digits").transcribe([digits], [TranscribeOptions()])[0].language is None  # detects
+    assert engine("parakeet-digits").transcribe([digits], [TranscribeOptions(language="en")])[0].language == "en"
+    canary = engine("canary-digits")
+    assert canary.transcribe([clip("canary-en-1.wav")], [TranscribeOptions()])[0].language == "en"
+    translated = TranscribeOptions(language="fr", task="translate", target_language="en")
+    assert canary.transcribe([clip("canary-fr-1.wav")], [translated])[0].language == "en"
+
+
 def test_an_empty_batch_is_an_empty_result() -> None:
     assert engine("parakeet-digits").transcribe([], []) == []
     assert engine("canary-digits").transcribe([], []) == []

@@ -123,7 +123,7 @@ class AedEngine(OnnxEngine):
                 Transcript(
                     text=text,
                     duration=duration,
-                    language=option.output_language or "en",
+                    language=self.info.written_language(option),
                     segments=segments,
                     tokens=tuple(text_ids),
                     timestamps=False,

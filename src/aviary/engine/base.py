@@ -34,6 +34,17 @@ class ModelInfo:
     fallback: str | None = None
     """Why it runs on the CPU though CUDA was asked for; None when it runs where it was asked to."""
 
+    def written_language(self, options: TranscribeOptions) -> str | None:
+        """The language a transcript for `options` is written in; None when the model detects it unseen.
+
+        The one asked for; else Canary writes English, and a model that speaks one language writes that one.
+        """
+        if options.output_language:
+            return options.output_language
+        if self.family == "aed":
+            return "en"
+        return self.languages[0] if len(self.languages) == 1 else None
+
     def check(self, options: TranscribeOptions) -> None:
         """Raise a `RequestError` when the model cannot honour `options`."""
         if options.task == "translate" and not self.translation:

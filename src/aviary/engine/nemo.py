@@ -107,13 +107,11 @@ class NemoEngine:
             raise InferenceError(self._name) from exc
         silent = self._info.timestamps
         return [
-            next(spoken) if len(samples) else Transcript("", 0.0, self._language(option), timestamps=silent)
+            next(spoken)
+            if len(samples)
+            else Transcript("", 0.0, self._info.written_language(option), timestamps=silent)
             for samples, option in zip(audio, options, strict=True)
         ]
-
-    def _language(self, option: TranscribeOptions) -> str | None:
-        """The language the transcript is written in: Canary writes English unless told otherwise."""
-        return option.output_language or ("en" if self._info.family == "aed" else None)
 
     def release_memory(self) -> None:
         """Collect garbage and hand cached CUDA memory back to the driver.
@@ -169,7 +167,7 @@ class NemoEngine:
                 Transcript(
                     text=str(hyp.text),
                     duration=round(len(samples) / SAMPLE_RATE, 3),
-                    language=self._language(option),
+                    language=self._info.written_language(option),
                     words=tuple(words),
                     segments=tuple(segments_from_words(words)),
                     tokens=tuple(t for t in _ids(hyp.y_sequence) if t < blank),
@@ -205,7 +203,7 @@ class NemoEngine:
                 Transcript(
                     text=text,
                     duration=duration,
-                    language=self._language(option),
+                    language=self._info.written_language(option),
                     segments=(Segment(text, 0.0, duration),) if text else (),
                     tokens=tuple(i for i, p in zip(ids, pieces, strict=True) if not _is_special(str(p))),
                     timestamps=False,

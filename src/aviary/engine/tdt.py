@@ -65,7 +65,9 @@ class TdtEngine(OnnxEngine):
     def _transcribe(self, audio: list[Audio], options: list[TranscribeOptions]) -> list[Transcript]:
         encoded, lengths = self._encode(audio)
         emissions = self._decode(encoded, lengths)
-        return self._transcripts(emissions, [len(a) / SAMPLE_RATE for a in audio], [o.output_language for o in options])
+        return self._transcripts(
+            emissions, [len(a) / SAMPLE_RATE for a in audio], [self.info.written_language(o) for o in options]
+        )
 
     def _encode(self, audio: list[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         return self._encode_in_parts(audio, self._encode_once)
