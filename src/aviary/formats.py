@@ -83,10 +83,28 @@ UNKNOWN_LANGUAGE: Final = "unknown"
 _MIN_CONFIDENCE: Final = 1e-10  # a zero confidence would make avg_logprob -inf, which JSON cannot carry
 
 
+class LogprobJson(TypedDict):
+    """One entry of `logprobs`: a word (with the space before it) and the natural log of its confidence."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class UsageJson(TypedDict):
+    """OpenAI's TranscriptTextUsageDuration: the seconds of audio transcribed."""
+
+    type: Literal["duration"]
+    seconds: float
+
+
 class TranscriptionJson(TypedDict):
     """The `json` response: OpenAI's CreateTranscriptionResponseJson."""
 
     text: str
+    usage: UsageJson
+    logprobs: NotRequired[list[LogprobJson]]
+    """Only when `include[]=logprobs` was asked for."""
 
 
 class WordJson(TypedDict):
@@ -121,6 +139,7 @@ class VerboseJson(TypedDict):
     language: str
     duration: float
     text: str
+    usage: UsageJson
     words: NotRequired[list[WordJson]]
     """Only when the word granularity was asked for."""
     segments: NotRequired[list[SegmentJson]]
@@ -163,6 +182,7 @@ def render(
     *,
     task: Task = "transcribe",
     granularities: Collection[Granularity] = DEFAULT_GRANULARITIES,
+    logprobs: bool = False,
 ) -> str:
     """The response body for `transcript` in `fmt`, ready to send with `media_type(fmt)`.
 
@@ -171,6 +191,7 @@ def render(
         fmt: The request's `response_format`.
         task: Echoed in verbose_json as `task`.
         granularities: The request's `timestamp_granularities`; verbose_json only.
+        logprobs: Whether `include[]=logprobs` was asked for; json only, as OpenAI has it.
 
     Returns:
         The body as text: JSON for `json` and `verbose_json`, the document itself for the others.
@@ -181,7 +202,9 @@ def render(
         return to_srt(transcript)
     if fmt == "vtt":
         return to_vtt(transcript)
-    body = to_json(transcript) if fmt == "json" else to_verbose_json(transcript, task=task, granularities=granularities)
+    if fmt == "json":
+        return json.dumps(to_json(transcript, logprobs=logprobs), ensure_ascii=False, allow_nan=False)
+    body = to_verbose_json(transcript, task=task, granularities=granularities)
     return json.dumps(body, ensure_ascii=False, allow_nan=False)
 
 
@@ -190,9 +213,36 @@ def to_text(transcript: Transcript) -> str:
     return transcript.text.strip() + "\n"
 
 
-def to_json(transcript: Transcript) -> TranscriptionJson:
-    """The `json` response: the text only."""
-    return {"text": transcript.text}
+def to_json(transcript: Transcript, *, logprobs: bool = False) -> TranscriptionJson:
+    """The `json` response: the text and the seconds transcribed, and the words' log-probabilities if asked."""
+    body: TranscriptionJson = {"text": transcript.text, "usage": usage(transcript)}
+    if logprobs:
+        body["logprobs"] = word_logprobs(all_words(transcript))
+    return body
+
+
+def usage(transcript: Transcript) -> UsageJson:
+    """What the request used: the seconds of audio transcribed."""
+    return {"type": "duration", "seconds": _seconds(transcript.duration)}
+
+
+def word_logprobs(words: Iterable[Word], *, first: bool = True) -> list[LogprobJson]:
+    """OpenAI's `logprobs` with one entry per word: these models' confidences are kept per word.
+
+    Each word but the transcript's first (`first`: whether `words` starts it) carries the space before
+    it, so the tokens joined are the text; `logprob` is the natural log of the word's confidence (the
+    probability of its least likely token).
+    """
+    out: list[LogprobJson] = []
+    for word in words:
+        token = word.word if first and not out else " " + word.word
+        out.append({"token": token, "logprob": _logprob(word.confidence), "bytes": list(token.encode())})
+    return out
+
+
+def all_words(transcript: Transcript) -> tuple[Word, ...]:
+    """Every word of `transcript`, from its own list or else from its segments."""
+    return transcript.words or tuple(w for s in transcript.segments for w in s.words)
 
 
 def to_verbose_json(
@@ -204,9 +254,10 @@ def to_verbose_json(
         "language": language_name(transcript.language),
         "duration": _seconds(transcript.duration),
         "text": transcript.text,
+        "usage": usage(transcript),
     }
     if "word" in granularities:
-        words = transcript.words or tuple(w for s in transcript.segments for w in s.words)
+        words = all_words(transcript)
         body["words"] = [{"word": w.word, "start": _seconds(w.start), "end": _seconds(w.end)} for w in words]
     if "segment" in granularities:
         body["segments"] = [_segment_json(i, s, transcript) for i, s in enumerate(timed_segments(transcript))]
@@ -229,7 +280,7 @@ def to_seed(
     segments = [
         {"start": _ms(s.start), "end": _ms(max(s.end, s.start)), "text": s.text} for s in timed_segments(transcript)
     ]
-    every = transcript.words or tuple(w for s in transcript.segments for w in s.words)
+    every = all_words(transcript)
     return {
         "text": transcript.text,
         "segments": segments if timestamps else [],
@@ -347,7 +398,11 @@ def _segment_json(index: int, segment: Segment, transcript: Transcript) -> Segme
 def _avg_logprob(words: Sequence[Word]) -> float:
     if not words:
         return 0.0
-    return math.fsum(math.log(min(max(w.confidence, _MIN_CONFIDENCE), 1.0)) for w in words) / len(words)
+    return math.fsum(_logprob(w.confidence) for w in words) / len(words)
+
+
+def _logprob(confidence: float) -> float:
+    return math.log(min(max(confidence, _MIN_CONFIDENCE), 1.0))
 
 
 def _seconds(seconds: float) -> float:

@@ -6,6 +6,7 @@ import json
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
+import av
 import jsonschema
 import numpy as np
 import openai
@@ -48,6 +49,11 @@ def test_json_is_the_default_and_whisper_1_means_the_default_model(
         result = client.audio.transcriptions.create(model="whisper-1", file=file)
     assert result.text == text
     validate("CreateTranscriptionResponseJson", result.model_dump(exclude_unset=True))
+    assert result.usage is not None
+    assert result.usage.type == "duration"
+    with av.open(str(path)) as container:
+        assert container.duration is not None
+        assert result.usage.seconds == pytest.approx(container.duration / 1_000_000, abs=0.05)
 
 
 @pytest.mark.parametrize(
@@ -110,6 +116,34 @@ def test_streaming_sends_deltas_then_the_whole_text(client: openai.OpenAI, spoke
     for event in events:
         name = "TranscriptTextDoneEvent" if event.type == "transcript.text.done" else "TranscriptTextDeltaEvent"
         validate(name, event.model_dump(exclude_unset=True))
+
+
+def test_logprobs_come_per_word_in_json_and_in_the_stream(client: openai.OpenAI, spoken: tuple[Path, str]) -> None:
+    path, text = spoken
+    with path.open("rb") as file:
+        result = client.audio.transcriptions.create(model="gpt-4o-transcribe", file=file, include=["logprobs"])
+    validate("CreateTranscriptionResponseJson", result.model_dump(exclude_unset=True))
+    assert result.logprobs is not None
+    assert "".join(p.token or "" for p in result.logprobs) == text
+    assert len(result.logprobs) == len(text.split())
+    assert all(p.logprob is not None and p.logprob <= 0.0 for p in result.logprobs)
+    assert [bytes(int(b) for b in p.bytes or []).decode() for p in result.logprobs] == [
+        p.token for p in result.logprobs
+    ]
+    with path.open("rb") as file:
+        events = list(
+            client.audio.transcriptions.create(model="whisper-1", file=file, include=["logprobs"], stream=True)
+        )
+    deltas, done = events[:-1], events[-1]
+    for event in deltas:
+        validate("TranscriptTextDeltaEvent", event.model_dump(exclude_unset=True))
+        assert "".join(p.token or "" for p in event.logprobs or []) == event.delta  # type: ignore[union-attr]
+    assert done.type == "transcript.text.done"
+    validate("TranscriptTextDoneEvent", done.model_dump(exclude_unset=True))
+    assert [p.model_dump() for p in done.logprobs or []] == [p.model_dump() for p in result.logprobs]
+    with path.open("rb") as file:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=file)
+    assert plain.logprobs is None
 
 
 def test_translation_into_english_with_canary(client: openai.OpenAI) -> None:

@@ -75,7 +75,9 @@ def test_stdout_carries_only_transcripts_while_nemo_logs() -> None:
     model = MODELS / "parakeet-digits" / "model.nemo"
     done = aviary("transcribe", str(AUDIO / "en-digits-3.wav"), "--model", str(model), "--format", "json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"text": "three one four"}
+    body = json.loads(done.stdout)
+    assert body["text"] == "three one four"
+    assert body["usage"] == {"type": "duration", "seconds": pytest.approx(1.338, abs=0.001)}
     assert "[NeMo I" in done.stderr  # NeMo's info log, which it writes to stdout, went to stderr
 
 

@@ -39,6 +39,7 @@ from aviary.formats import (
     to_text,
     to_verbose_json,
     to_vtt,
+    word_logprobs,
 )
 from aviary.types import Segment, Transcript, Word
 
@@ -124,9 +125,14 @@ _OPENAI: dict[str, dict[str, Any]] = {
         "properties": {"word": {"type": "string"}, "start": {"type": "number"}, "end": {"type": "number"}},
         "required": ["word", "start", "end"],
     },
+    "TranscriptTextUsageDuration": {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["duration"]}, "seconds": {"type": "number"}},
+        "required": ["type", "seconds"],
+    },
 }
-_STRUCTURAL = {"type", "properties", "required", "items", "$ref"}
-_DESCRIPTIVE = {"description", "format", "title", "optional", "x-oaiMeta", "example"}
+_STRUCTURAL = {"type", "properties", "required", "items", "enum", "$ref"}
+_DESCRIPTIVE = {"description", "format", "title", "optional", "x-oaiMeta", "x-stainless-const", "example"}
 _TYPES = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -145,6 +151,8 @@ def _conform(instance: object, schema: Mapping[str, Any], schemas: Mapping[str, 
     assert set(schema) <= _STRUCTURAL | _DESCRIPTIVE, f"{path}: cannot check {set(schema)}"
     if "type" in schema:
         assert _TYPES[schema["type"]](instance), f"{path}: {instance!r} is not of type {schema['type']}"
+    if "enum" in schema:
+        assert instance in schema["enum"], f"{path}: {instance!r} is not one of {schema['enum']}"
     if isinstance(instance, dict):
         missing = set(schema.get("required", ())) - set(instance)
         assert not missing, f"{path}: missing {missing}"
@@ -263,13 +271,33 @@ def test_text_is_the_transcript_with_one_newline() -> None:
     assert to_text(EMPTY) == "\n"
 
 
-def test_json_is_text_only_and_keeps_unicode_unescaped() -> None:
-    transcript = Transcript(text="Grüße aus Łódź — 日本語", duration=2.0)
-    assert to_json(transcript) == {"text": "Grüße aus Łódź — 日本語"}
+def test_json_is_the_text_and_the_seconds_used_and_keeps_unicode_unescaped() -> None:
+    transcript = Transcript(text="Grüße aus Łódź — 日本語", duration=2.0004)
+    expected = {"text": "Grüße aus Łódź — 日本語", "usage": {"type": "duration", "seconds": 2.0}}
+    assert to_json(transcript) == expected
     body = render(transcript, "json")
     assert "Grüße aus Łódź — 日本語" in body
-    assert json.loads(body) == {"text": "Grüße aus Łódź — 日本語"}
+    assert json.loads(body) == expected
     _conform(json.loads(body), _OPENAI["CreateTranscriptionResponseJson"], _OPENAI)
+    _conform(json.loads(body)["usage"], _OPENAI["TranscriptTextUsageDuration"], _OPENAI)
+
+
+def test_json_logprobs_are_one_per_word_and_their_tokens_join_to_the_text() -> None:
+    words = (Word("Grüße", 0.0, 0.5, 0.5), Word("aus", 0.5, 0.7, 1.0), Word("Łódź.", 0.7, 1.2, 0.0))
+    transcript = Transcript("Grüße aus Łódź.", 1.2, "de", words, (Segment("Grüße aus Łódź.", 0.0, 1.2, words),))
+    body = json.loads(render(transcript, "json", logprobs=True))
+    _conform(body, _OPENAI["CreateTranscriptionResponseJson"], _OPENAI)
+    logprobs = body["logprobs"]
+    assert "".join(p["token"] for p in logprobs) == transcript.text
+    assert [p["token"] for p in logprobs] == ["Grüße", " aus", " Łódź."]
+    assert [bytes(p["bytes"]).decode() for p in logprobs] == ["Grüße", " aus", " Łódź."]
+    assert logprobs[0]["logprob"] == pytest.approx(math.log(0.5))
+    assert logprobs[1]["logprob"] == 0.0
+    assert math.isfinite(logprobs[2]["logprob"])  # a zero confidence is clamped: JSON has no -inf
+    assert "logprobs" not in json.loads(render(transcript, "json"))
+    assert "logprobs" not in json.loads(render(transcript, "verbose_json", logprobs=True))  # json only, as OpenAI
+    continued = word_logprobs(words[1:], first=False)
+    assert [p["token"] for p in continued] == [" aus", " Łódź."]
 
 
 # --- verbose_json ------------------------------------------------------------------------------------------------
@@ -282,7 +310,7 @@ def test_json_is_text_only_and_keeps_unicode_unescaped() -> None:
 def test_verbose_json_matches_openais_schema(transcript: Transcript, granularities: tuple[Granularity, ...]) -> None:
     body = json.loads(render(transcript, "verbose_json", granularities=granularities))
     _conform(body, _OPENAI["CreateTranscriptionResponseVerboseJson"], _OPENAI)
-    assert set(body) == {"task", "language", "duration", "text"} | {f"{g}s" for g in granularities}
+    assert set(body) == {"task", "language", "duration", "text", "usage"} | {f"{g}s" for g in granularities}
     for segment in body.get("segments", []):
         assert set(segment) == set(_OPENAI["TranscriptionSegment"]["required"])
 
@@ -369,6 +397,7 @@ def test_verbose_json_of_an_empty_transcript() -> None:
         "language": UNKNOWN_LANGUAGE,
         "duration": 0.0,
         "text": "",
+        "usage": {"type": "duration", "seconds": 0.0},
         "words": [],
         "segments": [],
     }

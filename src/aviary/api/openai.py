@@ -7,6 +7,9 @@ Clients of OpenAI's audio API work by changing only the base URL. Bodies follow 
 `temperature` are accepted and unused (greedy decoding, no prompting). Translations go to English,
 and Canary needs the spoken `language` to translate (it does not detect it).
 
+`include[]=logprobs` adds `logprobs` to `json` bodies and to the streamed events: one entry per word
+(these models keep confidences per word), the natural log of the word's confidence.
+
 `stream=true` answers with server-sent events: one `transcript.text.delta` per segment, sent as
 each chunk of long audio is transcribed, then `transcript.text.done` with the whole text. The first
 chunk is awaited before the response starts, so an unusable file is still a 4xx; an error after
@@ -30,7 +33,7 @@ from aviary.api.transcribe import ERRORS, admitted_upload
 from aviary.api.uploads import client_gone
 from aviary.engine.registry import KNOWN
 from aviary.errors import AviaryError, InvalidOptionError, ModelNotFoundError
-from aviary.formats import media_type, parse_format, render, timed_segments
+from aviary.formats import all_words, media_type, parse_format, render, timed_segments, word_logprobs
 from aviary.types import Task, TranscribeOptions
 
 if TYPE_CHECKING:
@@ -116,9 +119,11 @@ async def _run(request: Request, task: Task) -> Response:
         if fields.stream:
             parts = service.transcribe_parts(engine, upload.path, options)
             first = await anext(parts)  # errors before the first chunk keep their status
-            return StreamingResponse(_events(first, parts, stack.pop_all()), media_type="text/event-stream")
+            events = _events(first, parts, stack.pop_all(), logprobs="logprobs" in fields.include)
+            return StreamingResponse(events, media_type="text/event-stream")
         transcript = await service.transcribe(engine, upload.path, options, disconnected=lambda: client_gone(request))
-    body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities)
+    logprobs = "logprobs" in fields.include
+    body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities, logprobs=logprobs)
     return Response(body, media_type=media_type(fmt))
 
 
@@ -146,9 +151,13 @@ def _options(engine: Engine, fields: OpenAIForm, task: Task) -> TranscribeOption
 
 
 async def _events(
-    first: tuple[bool, Transcript], rest: AsyncGenerator[tuple[bool, Transcript]], owned: contextlib.AsyncExitStack
+    first: tuple[bool, Transcript],
+    rest: AsyncGenerator[tuple[bool, Transcript]],
+    owned: contextlib.AsyncExitStack,
+    *,
+    logprobs: bool,
 ) -> AsyncIterator[str]:
-    """Deltas for each chunk's segments as they come, then the whole text.
+    """Deltas for each chunk's segments as they come, then the whole text (with `logprobs` if asked).
 
     `owned` (the upload, the request's place) is released when the stream ends or the client leaves.
     """
@@ -158,10 +167,19 @@ async def _events(
         while item is not None:
             last, transcript = item
             if last:
-                yield _event({"type": "transcript.text.done", "text": transcript.text})
+                done: dict[str, object] = {"type": "transcript.text.done", "text": transcript.text}
+                if logprobs:
+                    done["logprobs"] = word_logprobs(all_words(transcript))
+                yield _event(done)
                 return
             for segment in timed_segments(transcript):
-                yield _event({"type": "transcript.text.delta", "delta": (" " if sent else "") + segment.text})
+                delta: dict[str, object] = {
+                    "type": "transcript.text.delta",
+                    "delta": (" " if sent else "") + segment.text,
+                }
+                if logprobs:
+                    delta["logprobs"] = word_logprobs(segment.words, first=not sent)
+                yield _event(delta)
                 sent = True
             try:
                 item = await anext(rest)
@@ -172,5 +190,5 @@ async def _events(
                 return
 
 
-def _event(data: dict[str, str]) -> str:
+def _event(data: dict[str, object]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -73,11 +73,15 @@ class OpenAIForm(BaseModel):
         description="verbose_json: `word`, `segment` or both.",
     )
     stream: bool = Field(default=False, description="Send `transcript.text.delta` and `.done` server-sent events.")
+    include: list[Literal["logprobs"]] = Field(
+        default_factory=list,
+        description="`logprobs`: each word's log-probability (json, and the streamed events).",
+    )
 
-    @field_validator("timestamp_granularities", mode="before")
+    @field_validator("timestamp_granularities", "include", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
-        """A single `timestamp_granularities` value (without `[]`) is a list of one."""
+        """A single value (sent without `[]`) is a list of one."""
         return [value] if isinstance(value, str) else value
 
 
