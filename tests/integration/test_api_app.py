@@ -292,3 +292,23 @@ def test_a_job_whose_engine_crashes_is_failed_not_left_processing(tmp_path: Path
     assert "a bug" not in status["error"]
     assert (result.status_code, result.json()["error"]["code"]) == (500, "job_crashed")
     assert not any((tmp_path / "data" / "uploads").iterdir())
+
+
+def test_a_job_the_engine_fails_logs_the_cause_once_and_its_result_logs_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="aviary"), _client(tmp_path, FakeEngine(fail=True)) as client:
+        job_id = client.post("/transcribe/async", files={"file": ("a.wav", TONE)}).json()["job_id"]
+        _until(lambda: client.get(f"/jobs/{job_id}/status").json()["status"] == "failed")
+        assert client.get(f"/jobs/{job_id}/status").json()["error_code"] == "inference_failed"
+        failed = [r for r in caplog.records if r.name == "aviary.jobs.workflows" and job_id in r.getMessage()]
+        assert [(r.levelno, bool(r.exc_info)) for r in failed] == [(logging.ERROR, True)]  # with the cause
+        caplog.clear()
+        for _ in range(2):
+            assert client.get(f"/jobs/{job_id}/result").status_code == 500
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # reporting it is not a new fault
+
+        bad = client.post("/transcribe/async", files={"file": ("b.wav", b"not audio at all")}).json()["job_id"]
+        _until(lambda: client.get(f"/jobs/{bad}/status").json()["status"] == "failed")
+    refused = [r for r in caplog.records if r.name == "aviary.jobs.workflows" and bad in r.getMessage()]
+    assert [(r.levelno, bool(r.exc_info)) for r in refused] == [(logging.INFO, False)]  # the client's input

@@ -94,7 +94,7 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
-    if status >= 500:  # noqa: PLR2004
+    if status >= 500 and not isinstance(exc, JobFailedError):  # noqa: PLR2004  (a failed job was logged as it failed)
         logger.error("%s %s failed: [%s] %s", request.method, request.url.path, exc.code, exc, exc_info=exc)
     return JSONResponse(error_body(str(exc), exc.code, status, param=exc.param), status, headers=headers)
 

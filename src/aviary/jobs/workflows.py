@@ -32,7 +32,7 @@ import numpy as np
 from dbos import DBOS
 
 from aviary.engine import longform
-from aviary.errors import AviaryError
+from aviary.errors import AudioError, AviaryError, RequestError
 from aviary.formats import to_seed
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 
@@ -210,6 +210,10 @@ def remove_audio(settings: Settings, job_id: str, upload: str | None) -> None:
 
 
 def _fail(job_id: str, error: AviaryError) -> None:
+    if isinstance(error, RequestError | AudioError):  # the job's input: the client hears of it, the log notes it
+        logger.info("job %s failed: [%s] %s", job_id, error.code, error)
+    else:  # the server's fault: the operator needs the cause
+        logger.error("job %s failed: [%s] %s", job_id, error.code, error, exc_info=error)
     rt = _rt()
     job = rt.store.get(job_id)
     rt.store.finish(job_id, "failed", error=str(error), error_code=error.code)
