@@ -20,7 +20,7 @@ from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import Registry
 from aviary.errors import AviaryError
 from aviary.formats import parse_format, render
-from aviary.types import TranscribeOptions
+from aviary.types import TranscribeOptions, language_code
 
 if TYPE_CHECKING:
     import argparse
@@ -38,9 +38,9 @@ EXTENSIONS = {"text": "txt", "json": "json", "verbose_json": "json", "srt": "srt
 def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
     """Transcribe `args.files` with `settings.model`; return 0, or 1 when any file failed."""
     options = TranscribeOptions(
-        language=args.language,
+        language=language_code(args.language) if args.language else None,
         task=args.task,
-        target_language=args.target_language,
+        target_language=language_code(args.target_language) if args.target_language else None,
         pnc=not args.no_pnc,
     )
     registry = Registry(settings)

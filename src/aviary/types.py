@@ -18,6 +18,11 @@ Task = Literal["transcribe", "translate"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+def language_code(tag: str) -> str:
+    """The ISO 639 code a language tag starts with: "de-DE", "DE" and "de_DE" are all "de"."""
+    return tag.strip().replace("_", "-").split("-", 1)[0].lower()
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     """What to do with one utterance."""

@@ -160,7 +160,7 @@ def test_translation_into_english_with_canary(client: openai.OpenAI) -> None:
     validate("CreateTranslationResponseVerboseJson", body)
     assert body["text"] == expected["text"]
     with (AUDIO / "canary-de-2.wav").open("rb") as file:
-        plain = _translate(client, model="canary", file=file, extra_body={"language": "de"})
+        plain = _translate(client, model="canary", file=file, extra_body={"language": "de-DE"})  # a locale: German
     assert plain.text == expected["text"]
 
 

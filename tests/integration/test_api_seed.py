@@ -107,6 +107,9 @@ def test_canary_checks_and_defaults_its_language(api: Api) -> None:
     body = _post(api, {"model": "canary", "language": "de"}, clip, "de.wav").json()
     assert (body["text"], body["language"], body["model"]) == (german["text"], "de", "canary")
     assert body["segments"][0]["text"] == german["text"]  # Canary has no word times: one segment, filled in
+    for tag in ("DE", "de-DE", "de_AT"):  # a locale or capitals name the same language
+        body = _post(api, {"model": "canary", "language": tag}, clip, "de.wav").json()
+        assert (body["text"], body["language"]) == (german["text"], "de"), tag
     body = _post(api, {"model": "canary"}, (AUDIO / "canary-en-1.wav").read_bytes()).json()
     assert (body["text"], body["language"]) == (english["text"], "en")
     response = _post(api, {"model": "canary", "language": "xx"}, clip)

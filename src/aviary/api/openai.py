@@ -34,7 +34,7 @@ from aviary.api.uploads import client_gone
 from aviary.engine.registry import KNOWN
 from aviary.errors import AviaryError, InvalidOptionError, ModelNotFoundError
 from aviary.formats import all_words, media_type, parse_format, render, timed_segments, word_logprobs
-from aviary.types import Task, TranscribeOptions
+from aviary.types import Task, TranscribeOptions, language_code
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -136,7 +136,7 @@ def _model_name(service: Service, requested: str) -> str:
 
 
 def _options(engine: Engine, fields: OpenAIForm, task: Task) -> TranscribeOptions:
-    language = fields.language.strip().lower() if fields.language else None
+    language = language_code(fields.language) if fields.language else None
     if language is not None and not _LANGUAGE.fullmatch(language):
         raise InvalidOptionError(option="language", value=fields.language, expected="an ISO-639-1 code such as 'en'")
     if engine.info.family == "aed" and language is None:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, multipart_body, validate_form
 from aviary.api.uploads import client_gone, receive_form
 from aviary.formats import to_seed
-from aviary.types import TranscribeOptions
+from aviary.types import TranscribeOptions, language_code
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -73,8 +73,8 @@ async def admitted_upload(request: Request) -> AsyncIterator[tuple[Service, Form
 
 def seed_options(engine: Engine, language: str | None) -> tuple[TranscribeOptions, str | None]:
     """The options for the seed's `language` field, and the language the result reports."""
-    if engine.info.family == "aed":  # Canary: the language is the prompt's source and target
-        language = language or "en"
+    if engine.info.family == "aed":  # Canary: the language is the prompt's source and target ("de-DE" is "de")
+        language = language_code(language) if language else "en"
         return TranscribeOptions(language=language), language
     return TranscribeOptions(), language  # Parakeet: detects the language; the field is echoed back
 
