@@ -254,3 +254,19 @@ def test_the_vad_stream_scores_a_stream_as_one_array() -> None:
         silence &= (frames + FRAME / SAMPLE_RATE < u.start - 0.1) | (frames > u.end + 0.3)
     assert (whole[speech] >= 0.5).mean() > 0.9
     assert (whole[silence] < 0.35).mean() > 0.97
+
+
+@pytest.mark.parametrize("dbfs", [-30, -45, -55])
+def test_quiet_speech_is_cut_and_trimmed_as_loud_speech_is(dbfs: int) -> None:
+    """Silero alone hears quiet speech later or not at all: the planner levels what it scores."""
+    recording = long_recording(150, seed=4)
+    loud = recording.audio * np.float32(1.0 / np.abs(recording.audio).max())
+    chunking = longform.Chunking(max_seconds=30.0)
+    spans = [
+        [(span.start, span.end) for span, _ in longform.Planner(chunking).plan(blocks(audio, 160_000))]
+        for audio in (loud, loud * np.float32(10 ** (dbfs / 20)))
+    ]
+    assert len(spans[1]) == len(spans[0]) >= 4
+    for (start, end), (quiet_start, quiet_end) in zip(*spans, strict=True):
+        assert abs(quiet_start - start) <= 3 * FRAME  # within 0.1 s
+        assert abs(quiet_end - end) <= 3 * FRAME
