@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--target-language", help="output language of --task translate (default: en)")
     transcribe.add_argument("--no-pnc", action="store_true", help="no punctuation and capitals (Canary)")
     transcribe.add_argument("--format", choices=FORMAT_NAMES, default="text", help="output format (default: text)")
-    transcribe.add_argument("--output-dir", help="write DIR/<stem>.<ext> per file instead of printing")
+    transcribe.add_argument(
+        "--output-dir",
+        help="write DIR/<stem>.<ext> per file instead of printing (<name>.<ext> where inputs share a stem)",
+    )
 
     models = commands.add_parser("models", help="list or download models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)

@@ -53,7 +53,9 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
             failed = 0
-            for path in _progress([Path(f) for f in args.files], sys.stderr):
+            paths = [Path(f) for f in args.files]
+            names = dict(zip(paths, output_names(paths), strict=True)) if out_dir is not None else {}
+            for path in _progress(paths, sys.stderr):
                 try:
                     text = _one(registry.batcher(engine), decoder, path, options, args.format, settings, sys.stderr)
                 except (AviaryError, OSError) as exc:
@@ -62,7 +64,7 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
                     sys.stderr.write(f"aviary: {path}: [{code}] {reason}\n")
                     failed += 1
                     continue
-                _write(text, path, out_dir, stdout, args.format, several=len(args.files) > 1)
+                _write(text, path, names.get(path), out_dir, stdout, args.format, several=len(args.files) > 1)
     finally:
         decoder.close()
         registry.close()
@@ -144,15 +146,36 @@ class _AudioProgress:
             self._bar.close()
 
 
-def _write(text: str, path: Path, out_dir: Path | None, stdout: TextIO, fmt: str, *, several: bool) -> None:
+def _write(  # noqa: PLR0917  (one call site)
+    text: str, path: Path, name: str | None, out_dir: Path | None, stdout: TextIO, fmt: str, *, several: bool
+) -> None:
     body = text if text.endswith("\n") else text + "\n"
     if out_dir is not None:
-        (out_dir / f"{_stem(path)}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
+        (out_dir / f"{name or _stem(path)}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
         return
     if several:
         stdout.write(f"==> {path} <==\n")
     stdout.write(body)
     stdout.flush()
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Each input's output file name in `--output-dir`, without the format's extension; never two alike.
+
+    A file's stem (`talk` for `a/talk.mp3`); its whole name (`talk.mp3`) when another input has the
+    same stem; and a number after the stem (`talk-2.mp3`) for the second and later of equal names.
+    """
+    stems = [_stem(p) for p in paths]
+    names = [p.name if stems.count(s) > 1 and str(p) != STDIN else s for p, s in zip(paths, stems, strict=True)]
+    out: list[str] = []
+    for name in names:
+        stem, dot, suffix = name.partition(".")
+        candidate, number = name, 1
+        while candidate in out or (number > 1 and candidate in names):  # nor another input's own name
+            number += 1
+            candidate = f"{stem}-{number}{dot}{suffix}"
+        out.append(candidate)
+    return out
 
 
 def _stem(path: Path) -> str:

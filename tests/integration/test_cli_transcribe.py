@@ -145,6 +145,27 @@ def test_a_dash_reads_audio_from_standard_input(tmp_path: Path) -> None:
     assert (empty.returncode, empty.stderr.decode()) == (1, "aviary: -: [empty_file] The file is empty.\n")
 
 
+def test_inputs_of_the_same_name_never_overwrite_each_others_output(tmp_path: Path) -> None:
+    clips = {"en-digits-3.wav": "a/talk.wav", "en-digits-6.wav": "b/talk.wav", "en-digits-10.wav": "talk.flac"}
+    for clip_name, name in clips.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes((AUDIO / clip_name).read_bytes())  # the content decides, not the suffix
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / name) for name in clips.values()]
+    done = aviary("transcribe", *inputs, "--model", str(MODELS / "parakeet-digits"), "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr
+    text = {c["clip"]: c["text"] for c in golden("parakeet-digits")["cases"]}
+    written = {p.name: p.read_text(encoding="utf-8") for p in out.iterdir()}
+    assert written == {
+        "talk.wav.txt": text["en-digits-3.wav"] + "\n",
+        "talk-2.wav.txt": text["en-digits-6.wav"] + "\n",
+        "talk.flac.txt": text["en-digits-10.wav"] + "\n",
+    }
+    alone = aviary("transcribe", inputs[2], "--model", str(MODELS / "parakeet-digits"), "--output-dir", str(out))
+    assert alone.returncode == 0
+    assert (out / "talk.txt").read_text(encoding="utf-8") == text["en-digits-10.wav"] + "\n"  # no clash: the stem
+
+
 def test_bad_files_get_one_line_each_and_the_rest_is_still_transcribed(tmp_path: Path) -> None:
     empty = tmp_path / "empty.wav"
     empty.touch()
