@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=64, ge=0, description="Requests that may wait for a worker; past that the API answers 503 server_busy."
     )
+    upload_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="An upload from which nothing arrives for this long is refused (408 upload_timeout).",
+    )
     upload_dir: Path | None = Field(
         default=None, description="Where uploads are written while they are processed (default: the system temp dir)."
     )

@@ -152,6 +152,17 @@ class MalformedRequestError(RequestError):
         super().__init__(f"The request body is malformed: {reason}.")
 
 
+class UploadTimeoutError(RequestError, TimeoutError):
+    """The client stopped sending its upload before the body ended."""
+
+    code = "upload_timeout"
+    param = "file"
+
+    def __init__(self, idle_seconds: float) -> None:
+        """Name the wait."""
+        super().__init__(f"The upload stalled: nothing arrived for {idle_seconds:g} seconds.")
+
+
 class AudioError(AviaryError, ValueError):
     """The input media cannot be turned into audio."""
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
+import socket
+import time
 from typing import TYPE_CHECKING
 
 from tests.support.fixtures import MODELS
@@ -59,3 +63,29 @@ def test_the_seeds_uvicorn_command_and_environment_still_work() -> None:
     with server(command, port, {"MODEL_NAME": model}):
         health = until_settled(port)[-1]
     assert (health["status"], health["model_name"]) == ("healthy", model)
+
+
+def test_a_stalled_upload_is_refused_and_gives_its_place_back() -> None:
+    """A client whose connection died without closing (no FIN) must not hold a place in the queue for ever."""
+    port = free_port()
+    model = str(MODELS / "parakeet-digits")
+    env = {"AVIARY_UPLOAD_IDLE_SECONDS": "2", "AVIARY_WARM_UP": "false"}
+    with server([AVIARY, "serve", "--port", str(port), "--model", model], port, env):
+        until_settled(port)
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(
+                b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n" + head
+            )
+            started = time.monotonic()
+            assert get_json(port, "/health")[1]["queue"]["waiting"] == 1  # its place, held while it uploads
+            answer = http.client.HTTPResponse(client)
+            answer.begin()
+            waited = time.monotonic() - started
+            body = json.loads(answer.read())
+        assert answer.status == 408, body
+        assert body["error"]["code"] == "upload_timeout"
+        assert 1.5 < waited < 15
+        queue = get_json(port, "/health")[1]["queue"]
+        assert (queue["running"], queue["waiting"]) == (0, 0)

@@ -31,6 +31,7 @@ from aviary.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     ServerBusyError,
+    UploadTimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ def status_of(error: AviaryError, path: str) -> int:
         status = 413
     elif isinstance(error, AuthenticationError):
         status = 401
+    elif isinstance(error, UploadTimeoutError):
+        status = 408
     elif isinstance(error, ModelNotFoundError):
         # The seed answers 400 for a model it does not know; OpenAI answers 404 model_not_found.
         status = 404 if path.startswith(OPENAI_PREFIX) else 400

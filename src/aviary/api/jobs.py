@@ -94,7 +94,12 @@ async def transcribe_async(
     """Accept the file; a worker transcribes it chunk by chunk (poll the status, or fetch the result)."""
     service: Service = request.app.state.service
     settings = service.settings
-    async with receive_form(request, limit=settings.max_upload_bytes, directory=settings.upload_dir) as form:
+    async with receive_form(
+        request,
+        limit=settings.max_upload_bytes,
+        directory=settings.upload_dir,
+        idle_seconds=settings.upload_idle_seconds,
+    ) as form:
         fields, upload = validate_form(AsyncForm, form)
         engine = await service.engine(service.api_model(fields.model))
         options, language = seed_options(engine, fields.language)

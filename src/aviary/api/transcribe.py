@@ -34,6 +34,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
         400: "Unknown model or language, or media that cannot be used (empty_file, unsupported_media, invalid_audio, "
         "decode_timeout, model_not_found, unsupported_language)",
         401: "invalid_api_key (when API keys are configured)",
+        408: "upload_timeout: nothing of the upload arrived for AVIARY_UPLOAD_IDLE_SECONDS",
         413: "payload_too_large or audio_too_long",
         422: "A missing file or an invalid field (FastAPI's detail list)",
         500: "inference_failed, or internal_error with a request id",
@@ -67,7 +68,12 @@ async def admitted_upload(request: Request) -> AsyncIterator[tuple[Service, Form
     service: Service = request.app.state.service
     settings = service.settings
     with service.admit():
-        async with receive_form(request, limit=settings.max_upload_bytes, directory=settings.upload_dir) as form:
+        async with receive_form(
+            request,
+            limit=settings.max_upload_bytes,
+            directory=settings.upload_dir,
+            idle_seconds=settings.upload_idle_seconds,
+        ) as form:
             yield service, form
 
 

@@ -6,6 +6,8 @@ the `file` part straight into a file in the upload directory (at most `_FLUSH_BY
 and small text fields into a bounded dict:
 - a declared `Content-Length` over the cap is refused (413) before a byte of the body is read;
 - otherwise the upload is refused as soon as the streamed file passes the cap;
+- an upload from which nothing arrives for `idle_seconds` is refused (408), so a client whose
+  connection died without closing (a phone that left the network) does not hold its place for ever;
 - the file is removed when the `receive_form` block ends, on every path: success, errors, and a
   client that disconnects mid-upload.
 """
@@ -23,7 +25,7 @@ import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from aviary.errors import MalformedRequestError, PayloadTooLargeError
+from aviary.errors import MalformedRequestError, PayloadTooLargeError, UploadTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -193,7 +195,12 @@ def _declared_length(request: Request) -> int | None:
 
 @asynccontextmanager
 async def receive_form(
-    request: Request, *, limit: int, directory: Path | None = None, file_field: str = "file"
+    request: Request,
+    *,
+    limit: int,
+    directory: Path | None = None,
+    file_field: str = "file",
+    idle_seconds: float = 60.0,
 ) -> AsyncIterator[Form]:
     """Read `request`'s multipart body: the `file_field` part to a temporary file, removed on exit.
 
@@ -203,6 +210,7 @@ async def receive_form(
     Raises:
         PayloadTooLargeError: the body declares, or the file turns out, larger than `limit` bytes.
         MalformedRequestError: the multipart body cannot be parsed.
+        UploadTimeoutError: nothing arrived for `idle_seconds`.
     """
     declared = _declared_length(request)
     if declared is not None and declared > limit + FIELD_BYTES + 64 * 1024:  # room for the form's own bytes
@@ -217,7 +225,7 @@ async def receive_form(
             receiver = _Receiver(path, limit, file_field)
             parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
             try:
-                async for chunk in request.stream():
+                async for chunk in _arriving(request, idle_seconds):
                     parser.write(chunk)
                     if receiver.pending >= _FLUSH_BYTES:
                         await anyio.to_thread.run_sync(out.write, receiver.take_pending())
@@ -229,6 +237,19 @@ async def receive_form(
     finally:
         with anyio.CancelScope(shield=True):  # removed even when the request is cancelled
             await anyio.to_thread.run_sync(_remove, path)
+
+
+async def _arriving(request: Request, idle_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks as they come; UploadTimeoutError when none comes for `idle_seconds`."""
+    stream = request.stream()
+    while True:
+        with anyio.move_on_after(idle_seconds) as waited:
+            chunk = await anext(stream, None)
+        if waited.cancelled_caught:
+            raise UploadTimeoutError(idle_seconds)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _create(directory: Path | None) -> tuple[int, Path]:
