@@ -18,8 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, Field
 
 from aviary.api.schemas import AsyncForm, SeedResult, multipart_body, validate_form
-from aviary.api.transcribe import ERRORS, seed_options
-from aviary.api.uploads import receive_form
+from aviary.api.transcribe import ERRORS, received_form, seed_options
 from aviary.errors import JobCancelledError, JobFailedError, JobNotFinishedError
 from aviary.jobs.webhooks import check_url
 
@@ -94,12 +93,7 @@ async def transcribe_async(
     """Accept the file; a worker transcribes it chunk by chunk (poll the status, or fetch the result)."""
     service: Service = request.app.state.service
     settings = service.settings
-    async with receive_form(
-        request,
-        limit=settings.max_upload_bytes,
-        directory=settings.upload_dir,
-        idle_seconds=settings.upload_idle_seconds,
-    ) as form:
+    async with received_form(request, settings) as form:
         fields, upload = validate_form(AsyncForm, form)
         engine = await service.engine(service.api_model(fields.model))
         options, language = seed_options(engine, fields.language)

@@ -20,9 +20,11 @@ from aviary.types import TranscribeOptions, language_code
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
 
     from aviary.api.service import Service
     from aviary.api.uploads import Form
+    from aviary.config import Settings
     from aviary.engine.base import Engine
     from aviary.types import Transcript
 
@@ -66,15 +68,19 @@ async def transcribe(request: Request) -> SeedResult:
 async def admitted_upload(request: Request) -> AsyncIterator[tuple[Service, Form]]:
     """A place in the queue (or 503 at once), then the body read into a form; the upload is removed on exit."""
     service: Service = request.app.state.service
-    settings = service.settings
     with service.admit():
-        async with receive_form(
-            request,
-            limit=settings.max_upload_bytes,
-            directory=settings.upload_dir,
-            idle_seconds=settings.upload_idle_seconds,
-        ) as form:
+        async with received_form(request, service.settings) as form:
             yield service, form
+
+
+def received_form(request: Request, settings: Settings) -> AbstractAsyncContextManager[Form]:
+    """`request`'s multipart body within the settings' bounds: upload size, directory, idle wait."""
+    return receive_form(
+        request,
+        limit=settings.max_upload_bytes,
+        directory=settings.upload_dir,
+        idle_seconds=settings.upload_idle_seconds,
+    )
 
 
 def seed_options(engine: Engine, language: str | None) -> tuple[TranscribeOptions, str | None]:
