@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # The output formats of `aviary.formats` (kept literal here so `--help` needs no imports).
 FORMAT_NAMES = ("text", "json", "verbose_json", "srt", "vtt")
+STARTUP_FAILURE = 3
+"""Exit status of `aviary serve` when the server could not start (its port taken, its app failing), as uvicorn."""
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -128,11 +130,18 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    """Run the API with uvicorn until interrupted."""
+    """Run the API with uvicorn until interrupted; 3 (uvicorn's startup failure) when it could not start.
+
+    The port is bound before the application starts, so a port in use is reported at once (uvicorn's
+    own message, exit status 3), not after the model has been loaded or downloaded.
+    """
     import uvicorn
 
     from aviary.api import create_app
 
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    server = uvicorn.Server(config)
+    listening = config.bind_socket()  # exits with uvicorn's message and status 3 when it cannot bind
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut the app down on Ctrl-C, then re-raised it
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    return 0
+        server.run(sockets=[listening])
+    return 0 if server.started else STARTUP_FAILURE

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -89,3 +91,17 @@ def test_a_stalled_upload_is_refused_and_gives_its_place_back() -> None:
         assert 1.5 < waited < 15
         queue = get_json(port, "/health")[1]["queue"]
         assert (queue["running"], queue["waiting"]) == (0, 0)
+
+
+def test_a_port_in_use_is_reported_before_anything_loads() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [AVIARY, "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
+        environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment, check=False)
+    assert done.returncode == 3
+    assert "Address already in use" in done.stderr
+    assert "Warmed up" not in done.stderr
+    assert "DBOS" not in done.stderr  # nor the job system started
