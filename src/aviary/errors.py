@@ -124,7 +124,8 @@ class UnsupportedTaskError(RequestError):
 
     def __init__(self, task: str, model: str) -> None:
         """Name the task and the model."""
-        super().__init__(f"The model '{model}' cannot {task}.")
+        hint = " (Canary models translate: model 'canary')" if task == "translate" else ""
+        super().__init__(f"The model '{model}' cannot {task}{hint}.")
 
 
 class InvalidOptionError(RequestError):

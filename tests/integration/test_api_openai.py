@@ -162,6 +162,9 @@ def test_translation_into_english_with_canary(client: openai.OpenAI) -> None:
     with (AUDIO / "canary-de-2.wav").open("rb") as file:
         plain = _translate(client, model="canary", file=file, extra_body={"language": "de-DE"})  # a locale: German
     assert plain.text == expected["text"]
+    with (AUDIO / "canary-de-2.wav").open("rb") as file:  # the default (Parakeet) cannot translate: OpenAI's name
+        aliased = _translate(client, model="whisper-1", file=file, extra_body={"language": "de"})  # means canary
+    assert aliased.text == expected["text"]
 
 
 def _translate(client: openai.OpenAI, **kwargs: Any) -> Any:  # noqa: ANN401  (the SDK's overloads)

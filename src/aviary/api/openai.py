@@ -3,7 +3,8 @@
 Clients of OpenAI's audio API work by changing only the base URL. Bodies follow the official schemas
 (`spec/openai-audio-schemas.yaml`): `json`, `verbose_json`, and `text`/`srt`/`vtt` as plain bodies.
 `whisper-1` and OpenAI's other transcription model names mean the default model while
-`openai_model_aliases` is on; any other unknown model is 404 `model_not_found`. `prompt` and
+`openai_model_aliases` is on (on `/translations`, the `canary` alias when the default cannot
+translate, as Parakeet cannot); any other unknown model is 404 `model_not_found`. `prompt` and
 `temperature` are accepted and unused (greedy decoding, no prompting). Translations go to English,
 and Canary needs the spoken `language` to translate (it does not detect it).
 
@@ -113,7 +114,7 @@ async def _run(request: Request, task: Task) -> Response:
         fmt = parse_format(fields.response_format)
         if fields.stream and fmt not in _STREAMABLE:
             raise InvalidOptionError(option="stream", value=True, expected=f"false with response_format {fmt}")
-        engine = await service.engine(_model_name(service, fields.model))
+        engine = await _engine(service, fields.model, task)
         options = _options(engine, fields, task)
         engine.info.check(options)
         if fields.stream:
@@ -125,6 +126,14 @@ async def _run(request: Request, task: Task) -> Response:
     logprobs = "logprobs" in fields.include
     body = render(transcript, fmt, task=task, granularities=fields.timestamp_granularities, logprobs=logprobs)
     return Response(body, media_type=media_type(fmt))
+
+
+async def _engine(service: Service, requested: str, task: Task) -> Engine:
+    """The model `requested` names; OpenAI's names translate with the `canary` alias when the default cannot."""
+    engine = await service.engine(_model_name(service, requested))
+    if task == "translate" and requested in OPENAI_MODELS and not engine.info.translation:
+        return await service.engine(service.api_model("canary"))
+    return engine
 
 
 def _model_name(service: Service, requested: str) -> str:
