@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     model: str = Field(
         default=DEFAULT_MODEL,
-        validation_alias=AliasChoices("model", "AVIARY_MODEL", "MODEL_NAME"),  # MODEL_NAME: the seed's variable
+        validation_alias=AliasChoices("AVIARY_MODEL", "MODEL_NAME"),  # MODEL_NAME: the seed's variable
         description="The default model: loaded at start-up.",
     )
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         default=8000,
         ge=0,
         le=65535,
-        validation_alias=AliasChoices("port", "AVIARY_PORT", "PORT"),  # PORT: the seed's variable
+        validation_alias=AliasChoices("AVIARY_PORT", "PORT"),  # PORT: the seed's variable
         description="Port the server listens on.",
     )
     engine: Literal["onnx", "nemo"] = Field(
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         default=30.0,
         ge=5.0,
         le=300.0,
-        validation_alias=AliasChoices("chunk_seconds", "AVIARY_CHUNK_SECONDS", "AVIARY_JOB_CHUNK_SECONDS"),
+        validation_alias=AliasChoices("AVIARY_CHUNK_SECONDS", "AVIARY_JOB_CHUNK_SECONDS"),
         description="Long audio is cut at pauses into chunks of at most this length (jobs checkpoint each chunk).",
     )
     chunk_overlap_seconds: float = Field(

@@ -29,11 +29,24 @@ def test_serve_flags_and_the_seeds_variables_reach_the_settings(monkeypatch: pyt
     monkeypatch.setenv("PORT", "9123")
     settings = settings_from(build_parser().parse_args(["serve"]))
     assert (settings.model, settings.host, settings.port) == ("canary", "127.0.0.1", 9123)
-    monkeypatch.setenv("AVIARY_MODEL", "parakeet-tdt-0.6b-v3")  # Aviary's own variable wins over the seed's
-    assert settings_from(build_parser().parse_args(["serve"])).model == "parakeet-tdt-0.6b-v3"
+    monkeypatch.setenv("AVIARY_MODEL", "parakeet-tdt-0.6b-v3")  # Aviary's own variables win over the seed's
+    monkeypatch.setenv("AVIARY_PORT", "9124")
+    settings = settings_from(build_parser().parse_args(["serve"]))
+    assert (settings.model, settings.port) == ("parakeet-tdt-0.6b-v3", 9124)
     flags = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8001", "--model", "./m"])  # noqa: S104
     settings = settings_from(flags)
     assert (settings.model, settings.host, settings.port) == ("./m", "0.0.0.0", 8001)  # noqa: S104
+
+
+def test_variables_without_the_prefix_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MODEL`, `CHUNK_SECONDS`: other tools' variables, which must not configure Aviary (only the seed's two do)."""
+    for name in ("AVIARY_MODEL", "MODEL_NAME", "AVIARY_CHUNK_SECONDS", "AVIARY_JOB_CHUNK_SECONDS", "AVIARY_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL", "gpt-4o")
+    monkeypatch.setenv("CHUNK_SECONDS", "7")
+    monkeypatch.setenv("PORT", "9125")
+    settings = settings_from(build_parser().parse_args(["serve"]))
+    assert (settings.model, settings.chunk_seconds, settings.port) == ("parakeet-tdt-0.6b-v2", 30.0, 9125)
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
