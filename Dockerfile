@@ -27,13 +27,14 @@ RUN useradd --create-home --uid 10001 --user-group aviary \
 ENV PATH=/opt/aviary/bin:$PATH \
     HF_HOME=/data/hf \
     AVIARY_UPLOAD_DIR=/data/uploads \
-    AVIARY_HOST=0.0.0.0 \
-    AVIARY_PORT=8000
+    AVIARY_HOST=0.0.0.0
 WORKDIR /home/aviary
 EXPOSE 8000
 VOLUME ["/data"]
+# Unhealthy when /health does not answer or says degraded (the model cannot load); loading counts as starting.
+# The port as the server reads it: AVIARY_PORT, else the original server's PORT, else 8000 (so no ENV sets it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', os.environ['AVIARY_PORT']), timeout=4)"]
+    CMD ["python3", "-c", "import json, os, sys, urllib.request; health = json.load(urllib.request.urlopen('http://127.0.0.1:%s/health' % (os.environ.get('AVIARY_PORT') or os.environ.get('PORT') or 8000), timeout=4)); sys.exit(health['status'] == 'degraded')"]
 
 FROM base AS nemo
 USER 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from aviary.config import Settings
 from tests.support.fixtures import AUDIO, MODELS
-from tests.support.server import ROOT, free_port, server, until_settled
+from tests.support.server import ROOT, dockerfile_instructions, free_port, server, until_settled
 from tools.server_requirements import server_pins
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
@@ -28,6 +30,23 @@ def test_hadolint_passes() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_original_servers_variables_still_configure_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-e PORT=... -e MODEL_NAME=...`, as users of the original image (or Aspire's `env: "PORT"`) set them."""
+    image_env = dict(
+        pair.split("=", 1) for args in dockerfile_instructions("ENV") for pair in shlex.split(args) if "=" in pair
+    )
+    for name in [*os.environ, *image_env]:
+        if name.startswith("AVIARY_") or name in {"PORT", "MODEL_NAME"}:
+            monkeypatch.delenv(name, raising=False)
+    for name, value in image_env.items():
+        if name != "PATH":
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PORT", "9017")
+    monkeypatch.setenv("MODEL_NAME", "parakeet-tdt-0.6b-v3")
+    settings = Settings()
+    assert (settings.host, settings.port, settings.model) == ("0.0.0.0", 9017, "parakeet-tdt-0.6b-v3")  # noqa: S104
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

@@ -31,6 +31,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def dockerfile_instructions(keyword: str) -> list[str]:
+    """The arguments of every `keyword` instruction in the Dockerfile, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.startswith(f"{keyword} ")]
+
+
+def docker_healthcheck(env: dict[str, str]) -> int:
+    """The exit status of the Dockerfile's own HEALTHCHECK command, run with `env` (the port's variables)."""
+    command = json.loads(dockerfile_instructions("HEALTHCHECK")[0].split(" CMD ", 1)[1])
+    command[0] = sys.executable if command[0] == "python3" else command[0]  # the image's python3 is its venv's
+    environment = {k: v for k, v in os.environ.items() if k not in {"PORT", "AVIARY_PORT"}} | env
+    return subprocess.run(command, env=environment, capture_output=True, timeout=30, check=False).returncode
+
+
 def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
     """GET `path` and parse the JSON answer."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:

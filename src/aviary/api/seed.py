@@ -1,4 +1,4 @@
-"""The original server's informational endpoints, same paths and fields: `GET /` and `GET /health`.
+"""The original server's informational endpoints, same paths and fields: `GET /` and `GET /health` (and HEAD).
 
 Shapes from `spec/seed-api.md`; Aviary adds fields and never removes or renames one. `/health`
 answers 200 in every state, as the original did: its clients read `model_loaded` (the console
@@ -86,3 +86,7 @@ async def health(request: Request) -> dict[str, Any]:
         "loaded_models": sorted(engine.info.name for engine in service.loaded()),
         "queue": asdict(service.load()),
     }
+
+
+for _path, _endpoint in (("/", root), ("/health", health)):  # monitors and `wget --spider` send HEAD
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
