@@ -139,7 +139,9 @@ def _serve(settings: Settings) -> int:
 
     from aviary.api import create_app
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path, log_level="info"
+    )
     server = uvicorn.Server(config)
     listening = config.bind_socket()  # exits with uvicorn's message and status 3 when it cannot bind
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut the app down on Ctrl-C, then re-raised it

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="Origins browsers may call the API from (comma-separated)."
     )
+    root_path: str = Field(
+        default="",
+        description="The path prefix a reverse proxy serves Aviary under and strips (e.g. '/asr'), so that the "
+        "API docs link through it ('aviary serve'; with uvicorn itself, its --root-path).",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "share" / "aviary",
         description="Jobs' audio, and the embedded SQLite database, live here.",
@@ -237,6 +242,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("root_path", mode="after")
+    @classmethod
+    def _one_leading_slash(cls, value: str) -> str:
+        """'asr/', '/asr' and '/asr/' are all '/asr'; '/' is no prefix."""
+        parts = value.strip().strip("/")
+        return f"/{parts}" if parts else ""
 
     @field_validator("aliases", mode="after")
     @classmethod

@@ -9,9 +9,12 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from typing import TYPE_CHECKING
 
-from tests.support.fixtures import MODELS
+import requests
+
+from tests.support.fixtures import AUDIO, MODELS
 from tests.support.server import AVIARY, UVICORN, docker_healthcheck, free_port, get_json, server, until_settled
 
 if TYPE_CHECKING:
@@ -65,6 +68,21 @@ def test_a_model_that_cannot_load_is_degraded_with_its_reason(tmp_path: Path) ->
     assert health["model_loaded"] is False
     assert health["model_name"] == "canary-1b-flash"
     assert health["reason"].startswith("[model_unavailable] The model 'canary-1b-flash' is not available")
+
+
+def test_behind_a_proxy_that_strips_a_path_prefix() -> None:
+    port = free_port()
+    model = str(MODELS / "parakeet-digits")
+    env = {"AVIARY_ROOT_PATH": "asr/", "AVIARY_API_KEYS": "k", "AVIARY_WARM_UP": "false"}
+    with server([AVIARY, "serve", "--port", str(port), "--model", model], port, env):
+        assert until_settled(port)[-1]["status"] == "healthy"  # /health still needs no key
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=10) as docs:
+            assert "'/asr/openapi.json'" in docs.read().decode()  # what the browser asks the proxy for
+        assert get_json(port, "/openapi.json")[1]["servers"] == [{"url": "/asr"}]
+        with (AUDIO / "en-digits-3.wav").open("rb") as file:
+            url, headers = f"http://127.0.0.1:{port}/transcribe", {"Authorization": "Bearer k"}
+            response = requests.post(url, files={"file": file}, headers=headers, timeout=60)
+    assert response.json()["text"] == "three one four"
 
 
 def test_the_seeds_uvicorn_command_and_environment_still_work() -> None:
