@@ -134,6 +134,43 @@ def test_canary_info_lists_the_tokenizer_languages(engine: Loader) -> None:
     assert {"de", "en", "es", "fr"} <= set(info.languages)
 
 
+def test_the_first_canarys_prompt_and_tokenizer(engine: Loader, tmp_path: Path) -> None:
+    """nvidia/canary-1b (the original server's Canary): its prompt needs `task`, and has no defaults."""
+    del engine  # torch on one thread, NeMo importable
+    from nemo.collections.asr.models import ASRModel
+
+    from tools.fixtures.canary_model import build_first_canary
+
+    path = build_first_canary(tmp_path)
+    model = load_nemo_engine(path, "canary-1b", device="cpu")
+    reference = ASRModel.restore_from(str(path), map_location="cpu")
+    try:
+        assert (model.info.family, model.info.languages, model.info.translation) == ("aed", ("de", "en"), True)
+        audio = clip("en-digits-3.wav")
+        options = [
+            TranscribeOptions(language="en"),
+            TranscribeOptions(language="de", task="translate", target_language="en"),
+            TranscribeOptions(language="en", pnc=False),
+        ]
+        results = model.transcribe([audio] * len(options), options)
+        for option, result in zip(options, results, strict=True):
+            source, target = option.language, option.target_language or option.language
+            (hyp,) = reference.transcribe(
+                [audio],
+                batch_size=1,
+                return_hypotheses=True,
+                verbose=False,
+                source_lang=source,
+                target_lang=target,
+                task="s2t_translation" if source != target else "asr",  # its own names, as its model card has them
+                pnc="yes" if option.pnc else "no",
+            )
+            assert result.text == hyp.text.strip(), option
+            assert result.language == target
+    finally:
+        model.close()
+
+
 def test_parakeet_cannot_translate(engine: Loader) -> None:
     with pytest.raises(UnsupportedTaskError):
         engine("parakeet-digits").transcribe([clip("en-digits-3.wav")], [TranscribeOptions(task="translate")])

@@ -187,9 +187,12 @@ class NemoEngine:
             groups.setdefault((source, target, option.pnc), []).append(row)
         hyps: list[Any] = [None] * len(audio)
         for (source, target, pnc), rows in groups.items():
-            # "yes"/"no": canary2's slot validation rejects a bool. enable_chunking=False: long audio is
-            # split upstream (engine.longform), and NeMo would otherwise warn on every batched call.
-            prompt = {"source_lang": source, "target_lang": target, "pnc": "yes" if pnc else "no"}
+            # "yes"/"no": canary2's slot validation rejects a bool. `task`: the first Canary's prompt
+            # (nvidia/canary-1b) has a slot for it and no default; canary2 infers it from the languages.
+            # enable_chunking=False: long audio is split upstream (engine.longform), and NeMo would
+            # otherwise warn on every batched call.
+            task = "translate" if source != target else "transcribe"
+            prompt = {"source_lang": source, "target_lang": target, "task": task, "pnc": "yes" if pnc else "no"}
             batch = self._run([audio[r] for r in rows], prompt=prompt, enable_chunking=False)
             for row, hyp in zip(rows, batch, strict=True):
                 hyps[row] = hyp
