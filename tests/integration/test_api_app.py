@@ -263,6 +263,33 @@ def test_the_first_file_is_used_and_others_are_ignored(app: TestClient, tmp_path
     assert not any((tmp_path / "uploads").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("disposition", "filename"),
+    [
+        # .NET's MultipartFormDataContent for a name that is not ASCII: RFC 2047 beside RFC 5987
+        ("name=file; filename=\"=?utf-8?B?5b2V6Z+zLndhdg==?=\"; filename*=utf-8''%E5%BD%95%E9%9F%B3.wav", "录音.wav"),
+        ('name="file"; filename="=?utf-8?B?5b2V6Z+zLndhdg==?="', "录音.wav"),
+        ("name=\"file\"; filename*=UTF-8''Gr%C3%B6%C3%9Fe.wav", "Größe.wav"),  # RFC 5987 alone
+        ('name="file"; filename="Größe.wav"', "Größe.wav"),  # browsers: UTF-8 as it is
+        ('name="file"', ""),  # no name at all (curl -F "file=<a.wav"): still the file
+    ],
+    ids=["dotnet", "rfc2047", "rfc5987", "utf-8", "no filename"],
+)
+def test_the_file_and_its_name_as_clients_send_them(app: TestClient, disposition: str, filename: str) -> None:
+    body = b"".join(
+        [
+            b"--xx\r\nContent-Disposition: form-data; " + disposition.encode() + b"\r\n",
+            b"Content-Type: application/octet-stream\r\n\r\n" + TONE + b"\r\n--xx--\r\n",
+        ]
+    )
+    response = app.post("/transcribe", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    assert (response.status_code, response.json()["filename"], response.json()["text"]) == (
+        200,
+        filename,
+        "hello there world",
+    )
+
+
 def test_openapi_documents_every_field_and_error(app: TestClient) -> None:
     schema = app.get("/openapi.json").json()
     seed = schema["paths"]["/transcribe"]["post"]

@@ -10,6 +10,10 @@ and small text fields into a bounded dict:
   connection died without closing (a phone that left the network) does not hold its place for ever;
 - the file is removed when the `receive_form` block ends, on every path: success, errors, and a
   client that disconnects mid-upload.
+
+The part named like the file field is the file even without a `filename` (`curl -F "file=<a.wav"`
+sends one so). Its name is read as clients write it: RFC 5987 `filename*` first (.NET sends it beside
+an RFC 2047 `=?utf-8?B?...?=` `filename` for any name that is not ASCII), encoded words decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import os
 import tempfile
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -123,15 +130,16 @@ class _Receiver:
 
     def _headers_finished(self) -> None:
         headers = dict(self._part.headers)
-        disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
+        raw = headers.get(b"content-disposition", b"")
+        disposition, options = parse_options_header(raw)
         if disposition != b"form-data" or b"name" not in options:
             raise MalformedRequestError(_NO_NAME)
         self._part.name = options[b"name"].decode("utf-8", "replace")
-        if b"filename" in options:
-            self._part.filename = options[b"filename"].decode("utf-8", "replace")
+        self._part.filename = _client_filename(raw, options.get(b"filename"))
+        is_file = self._part.filename is not None or self._part.name == self._file_field
+        if is_file:
             content_type = headers.get(b"content-type")
             self._part.content_type = content_type.decode("latin-1") if content_type else None
-        is_file = self._part.filename is not None
         if is_file and self._part.name == self._file_field and self.form.file is None:
             self._target = self._pending
         elif is_file:
@@ -171,6 +179,23 @@ class _Receiver:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+def _client_filename(disposition: bytes, plain: bytes | None) -> str | None:
+    """The part's file name: RFC 5987 `filename*` if given, else `filename` (as python-multipart read it)."""
+    message = Message()
+    message["content-disposition"] = disposition.decode("utf-8", "replace")
+    for key, value in message.get_params([], header="content-disposition"):
+        if key == "filename" and isinstance(value, tuple):
+            with suppress(LookupError, UnicodeError):
+                return collapse_rfc2231_value(value)
+    if plain is None:
+        return None
+    name = plain.decode("utf-8", "replace")
+    if name.startswith("=?") and name.endswith("?="):  # RFC 2047, as .NET writes names that are not ASCII
+        with suppress(ValueError, LookupError, UnicodeError):
+            return str(make_header(decode_header(name)))
+    return name
 
 
 def _boundary(request: Request) -> bytes | None:
