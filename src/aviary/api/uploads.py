@@ -26,7 +26,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
@@ -185,7 +185,8 @@ def _client_filename(disposition: bytes, plain: bytes | None) -> str | None:
     """The part's file name: RFC 5987 `filename*` if given, else `filename` (as python-multipart read it)."""
     message = Message()
     message["content-disposition"] = disposition.decode("utf-8", "replace")
-    for key, value in message.get_params([], header="content-disposition"):
+    params: list[tuple[str, Any]] = message.get_params([], header="content-disposition")  # RFC 2231: tuples
+    for key, value in params:
         if key == "filename" and isinstance(value, tuple):
             with suppress(LookupError, UnicodeError):
                 return collapse_rfc2231_value(value)
