@@ -115,6 +115,9 @@ def test_canary_checks_and_defaults_its_language(api: Api) -> None:
     response = _post(api, {"model": "canary", "language": "xx"}, clip)
     assert _code(response) == (400, "unsupported_language")
     assert response.json()["error"]["param"] == "language"
+    info = requests.get(f"{api.url}/", timeout=10).json()  # a local directory: its languages, once loaded
+    assert info["models"]["canary"]["loaded"] is True
+    assert {"de", "en", "es", "fr"} <= set(info["models"]["canary"]["languages"]) <= set(info["supported_languages"])
 
 
 @pytest.mark.usefixtures("clean_uploads")

@@ -86,9 +86,10 @@ async def translations(request: Request) -> Response:
 
 @router.get("/models", summary="Models this server can serve", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    """The default model, the registry names and the aliases."""
+    """The default model, the aliases, the registry names, and OpenAI's names while they are aliases too."""
     service: Service = request.app.state.service
-    names = dict.fromkeys([service.settings.model, *service.settings.aliases, *KNOWN])
+    openai_names = sorted(OPENAI_MODELS) if service.settings.openai_model_aliases else []
+    names = dict.fromkeys([service.settings.model, *service.settings.aliases, *KNOWN, *openai_names])
     return ModelList(data=[_model(name, service.started) for name in names])
 
 

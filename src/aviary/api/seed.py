@@ -30,15 +30,16 @@ def _service(request: Request) -> Service:
 async def root(request: Request) -> dict[str, Any]:
     """Service, version, the seed's two model names (with what they stand for), languages, endpoints."""
     service = _service(request)
-    loaded = {engine.info.name for engine in service.loaded()}
+    loaded = {engine.info.name: engine.info for engine in service.loaded()}
     models: dict[str, Any] = {}
     for alias in ("parakeet", "canary"):
         target = service.settings.aliases[alias]
         known = KNOWN.get(target)
+        languages = known.languages if known else loaded[target].languages if target in loaded else ()
         models[alias] = {
             "name": target,
             "description": known.description if known else target,
-            "languages": sorted(known.languages) if known else [],
+            "languages": sorted(languages),  # a directory or .nemo file says which once it is loaded
             "loaded": target in loaded,
         }
     languages = sorted({language for model in models.values() for language in model["languages"]})
