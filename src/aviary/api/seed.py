@@ -35,11 +35,11 @@ async def root(request: Request) -> dict[str, Any]:
     for alias in ("parakeet", "canary"):
         target = service.settings.aliases[alias]
         known = KNOWN.get(target)
-        languages = known.languages if known else loaded[target].languages if target in loaded else ()
+        spoken = known.languages if known else loaded[target].languages if target in loaded else ()
         models[alias] = {
             "name": target,
             "description": known.description if known else target,
-            "languages": sorted(languages),  # a directory or .nemo file says which once it is loaded
+            "languages": sorted(spoken),  # a directory or .nemo file says which once it is loaded
             "loaded": target in loaded,
         }
     languages = sorted({language for model in models.values() for language in model["languages"]})
