@@ -303,6 +303,15 @@ def test_openapi_documents_every_field_and_error(app: TestClient) -> None:
     assert {"file", "model", "response_format", "timestamp_granularities", "stream"} <= set(
         fields["schema"]["properties"]
     )
+    paths = schema["paths"]
+    for route in ("/v1/audio/transcriptions", "/v1/audio/translations"):  # OpenAI's statuses: 400 and 404, no 422
+        assert {"400", "401", "404", "413", "503"} <= set(paths[route]["post"]["responses"]) - {"422"}, route
+        assert "422" not in paths[route]["post"]["responses"], route
+    assert {"401", "404"} <= set(paths["/v1/models/{model_id}"]["get"]["responses"])
+    assert "413" not in paths["/v1/models/{model_id}"]["get"]["responses"]
+    assert "409" in paths["/transcribe/async"]["post"]["responses"]
+    assert {"400", "404", "500"} <= set(paths["/jobs/{job_id}/result"]["get"]["responses"])
+    assert "413" not in paths["/jobs/{job_id}/status"]["get"]["responses"]
 
 
 def test_a_job_whose_engine_crashes_is_failed_not_left_processing(tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ Job calls touch the database, so they run in worker threads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, Field
 
-from aviary.api.schemas import AsyncForm, SeedResult, multipart_body, validate_form
+from aviary.api.schemas import AsyncForm, SeedResult, error_responses, multipart_body, validate_form
 from aviary.api.transcribe import ERRORS, received_form, seed_options
 from aviary.errors import JobCancelledError, JobFailedError, JobNotFinishedError
 from aviary.jobs.webhooks import check_url
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from aviary.jobs import Job, Jobs
 
 router = APIRouter()
+_KEY: Final = {401: "invalid_api_key (when API keys are configured)"}
+_FOUND: Final = {**_KEY, 404: "job_not_found"}
+_SUBMIT: Final = {**ERRORS, **error_responses({409: "idempotency_conflict: the key was used for another file"})}
+
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
@@ -83,7 +87,7 @@ def _status(job: Job) -> JobStatusBody:
     "/transcribe/async",
     summary="Start a transcription job",
     response_model=JobAccepted,
-    responses=ERRORS,
+    responses=_SUBMIT,
     openapi_extra=multipart_body(AsyncForm),
 )
 async def transcribe_async(
@@ -116,13 +120,26 @@ async def transcribe_async(
     return JobAccepted(job_id=job.id, status=job.status, message=f"Transcription job started for {job.filename}")
 
 
-@router.get("/jobs/{job_id}/status", summary="A job's state", response_model=JobStatusBody, responses=ERRORS)
+@router.get(
+    "/jobs/{job_id}/status", summary="A job's state", response_model=JobStatusBody, responses=error_responses(_FOUND)
+)
 async def job_status(request: Request, job_id: str) -> JobStatusBody:
     """Status, progress, and the result once completed."""
     return _status(await anyio.to_thread.run_sync(_jobs(request).get, job_id))
 
 
-@router.get("/jobs/{job_id}/result", summary="A completed job's result", response_model=SeedResult, responses=ERRORS)
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="A completed job's result",
+    response_model=SeedResult,
+    responses=error_responses(
+        {
+            400: "job_not_finished (pending or processing) or job_cancelled",
+            **_FOUND,
+            500: "The job failed: its failure's own code (unsupported_media, ..., job_crashed)",
+        }
+    ),
+)
 async def job_result(request: Request, job_id: str) -> SeedResult:
     """The transcription result; 400 while pending or processing, or when cancelled; 500 when it failed."""
     job = await anyio.to_thread.run_sync(_jobs(request).get, job_id)
@@ -135,14 +152,19 @@ async def job_result(request: Request, job_id: str) -> SeedResult:
     return SeedResult.model_validate(job.result)
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a job", response_model=JobCancelled, responses=ERRORS)
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a job",
+    response_model=JobCancelled,
+    responses=error_responses({400: "job_finished: completed, failed or cancelled already", **_FOUND}),
+)
 async def cancel_job(request: Request, job_id: str) -> JobCancelled:
     """Stop a pending or running job before its next chunk; 400 when it already ended."""
     await anyio.to_thread.run_sync(_jobs(request).cancel, job_id)
     return JobCancelled(message=f"Job {job_id} cancellation requested", status="cancelled")
 
 
-@router.get("/jobs", summary="List jobs", response_model=JobList)
+@router.get("/jobs", summary="List jobs", response_model=JobList, responses=error_responses(_KEY))
 async def list_jobs(
     request: Request,
     status: Status | None = None,
@@ -154,7 +176,7 @@ async def list_jobs(
     return JobList(jobs=[_status(job) for job in jobs], total=total, limit=limit, offset=offset)
 
 
-@router.delete("/jobs/{job_id}", summary="Delete a job", status_code=204, responses=ERRORS)
+@router.delete("/jobs/{job_id}", summary="Delete a job", status_code=204, responses=error_responses(_FOUND))
 async def delete_job(request: Request, job_id: str) -> None:
     """Cancel it if it runs, then remove its record, result and audio."""
     await anyio.to_thread.run_sync(_jobs(request).delete, job_id)

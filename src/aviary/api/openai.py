@@ -29,8 +29,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from aviary.api.errors import OPENAI_PREFIX, error_body, status_of
-from aviary.api.schemas import ModelList, ModelObject, OpenAIForm, multipart_body, validate_form
-from aviary.api.transcribe import ERRORS, admitted_upload
+from aviary.api.schemas import ModelList, ModelObject, OpenAIForm, error_responses, multipart_body, validate_form
+from aviary.api.transcribe import UPLOAD_ERRORS, admitted_upload
 from aviary.api.uploads import client_gone
 from aviary.engine.registry import KNOWN
 from aviary.errors import AviaryError, InvalidOptionError, ModelNotFoundError
@@ -59,7 +59,16 @@ def _responses() -> dict[int | str, dict[str, object]]:
     text: dict[str, object] = {"schema": {"type": "string"}}
     content = {"application/json": {}, "text/plain": text, "text/vtt": text, "text/event-stream": text}
     ok: dict[str, object] = {"description": "The transcript in `response_format`", "content": content}
-    return {**ERRORS, 200: ok}
+    errors = error_responses(
+        {
+            400: "A missing file, an invalid field, an unknown language, or media that cannot be used "
+            "(invalid_request, invalid_option, empty_file, unsupported_media, invalid_audio, decode_timeout, "
+            "unsupported_language, unsupported_task)",
+            404: "model_not_found",
+            **UPLOAD_ERRORS,
+        }
+    )
+    return {**errors, 200: ok}
 
 
 @router.post(
@@ -93,7 +102,12 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_model(name, service.started) for name in names])
 
 
-@router.get("/models/{model_id:path}", summary="One model", response_model=ModelObject, responses=ERRORS)
+@router.get(
+    "/models/{model_id:path}",
+    summary="One model",
+    response_model=ModelObject,
+    responses=error_responses({401: "invalid_api_key (when API keys are configured)", 404: "model_not_found"}),
+)
 async def get_model(request: Request, model_id: str) -> ModelObject:
     """The model `model_id`, or 404 `model_not_found`."""
     service: Service = request.app.state.service

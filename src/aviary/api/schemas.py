@@ -183,6 +183,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, each with the one error body."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
 def validate_form(model: type[_Model], form: Form, *, file_field: str = "file") -> tuple[_Model, Upload]:
     """`form`'s fields as `model`, and its file; empty values mean the default, as in FastAPI's form parsing.
 

@@ -9,11 +9,11 @@ when `include_words` is set; segment text is always filled in.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fastapi import APIRouter, Request
 
-from aviary.api.schemas import ErrorResponse, SeedForm, SeedResult, multipart_body, validate_form
+from aviary.api.schemas import SeedForm, SeedResult, error_responses, multipart_body, validate_form
 from aviary.api.uploads import client_gone, receive_form
 from aviary.formats import to_seed
 from aviary.types import TranscribeOptions, language_code
@@ -30,19 +30,23 @@ if TYPE_CHECKING:
 
 router = APIRouter()
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Unknown model or language, or media that cannot be used (empty_file, unsupported_media, invalid_audio, "
-        "decode_timeout, model_not_found, unsupported_language)",
-        401: "invalid_api_key (when API keys are configured)",
-        408: "upload_timeout: nothing of the upload arrived for AVIARY_UPLOAD_IDLE_SECONDS",
-        413: "payload_too_large or audio_too_long",
-        422: "A missing file or an invalid field (FastAPI's detail list)",
-        500: "inference_failed, or internal_error with a request id",
-        503: "server_busy (with Retry-After) or model_unavailable",
-    }.items()
+UPLOAD_ERRORS: Final = {
+    401: "invalid_api_key (when API keys are configured)",
+    408: "upload_timeout: nothing of the upload arrived for AVIARY_UPLOAD_IDLE_SECONDS",
+    413: "payload_too_large or audio_too_long",
+    500: "inference_failed, or internal_error with a request id",
+    503: "server_busy (with Retry-After) or model_unavailable",
 }
+"""What every route that takes an upload may answer, besides its own 4xx for bad input."""
+ERRORS: Final = error_responses(
+    {
+        400: "Unknown model or language, or media that cannot be used (empty_file, unsupported_media, "
+        "invalid_audio, decode_timeout, model_not_found, unsupported_language, invalid_request)",
+        **UPLOAD_ERRORS,
+        422: "A missing file or an invalid field (FastAPI's detail list)",
+    }
+)
+"""The seed's upload routes: `/transcribe` and `/transcribe/async`."""
 
 
 @router.post(
