@@ -10,7 +10,8 @@ AviaryError
 │   ├── UnsupportedLanguageError  unsupported_language
 │   ├── UnsupportedTaskError      unsupported_task
 │   ├── InvalidOptionError        invalid_option
-│   └── MalformedRequestError     invalid_request      (a body that is not the form it claims to be)
+│   ├── MalformedRequestError     invalid_request      (a body that is not the form it claims to be)
+│   └── FieldTooLongError         invalid_request      (text fields longer than the server reads)
 ├── AudioError                                         (also ValueError: the input media is unusable)
 │   ├── EmptyFileError            empty_file
 │   ├── UnsupportedMediaError     unsupported_media    (not media; a container outside the whitelist)
@@ -151,6 +152,17 @@ class MalformedRequestError(RequestError):
     def __init__(self, reason: str) -> None:
         """Say what is wrong with the body."""
         super().__init__(f"The request body is malformed: {reason}.")
+
+
+class FieldTooLongError(RequestError):
+    """The form's text fields hold more than the server reads."""
+
+    code = "invalid_request"
+
+    def __init__(self, field: str, limit: int) -> None:
+        """Name the field that passed the limit."""
+        super().__init__(f"The field '{field}' is too long: text fields may hold {limit} bytes in all.")
+        self.param = field
 
 
 class UploadTimeoutError(RequestError, TimeoutError):

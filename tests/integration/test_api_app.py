@@ -252,7 +252,9 @@ def test_text_fields_are_bounded(app: TestClient) -> None:
     response = app.post("/transcribe", files={"file": ("a.wav", TONE)}, data=many)
     assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
     response = app.post("/transcribe", files={"file": ("a.wav", TONE)}, data={"language": "x" * 70_000})
-    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    error = response.json()["error"]
+    assert (response.status_code, error["code"], error["param"]) == (400, "invalid_request", "language")
+    assert error["message"] == "The field 'language' is too long: text fields may hold 65536 bytes in all."
     assert app.post("/transcribe", content=b"", headers={"Content-Length": "nan"}).status_code == 400
 
 

@@ -32,7 +32,7 @@ import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from aviary.errors import MalformedRequestError, PayloadTooLargeError, UploadTimeoutError
+from aviary.errors import FieldTooLongError, MalformedRequestError, PayloadTooLargeError, UploadTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -47,7 +47,6 @@ _MAX_FIELDS: Final = 64
 _FLUSH_BYTES: Final = 1 << 20
 _NO_NAME: Final = "a part without a form-data name"
 _TOO_MANY: Final = f"more than {_MAX_FIELDS} fields"
-_TOO_LONG: Final = f"text fields longer than {FIELD_BYTES} bytes in all"
 _NO_BOUNDARY: Final = "multipart/form-data without a boundary"
 _BAD_LENGTH: Final = "Content-Length is not a number"
 _NOT_MULTIPART: Final = "it is not valid multipart/form-data"
@@ -158,7 +157,7 @@ class _Receiver:
         elif self._target is not None:
             self._field_bytes += size
             if self._field_bytes > FIELD_BYTES:
-                raise MalformedRequestError(_TOO_LONG)
+                raise FieldTooLongError(self._part.name, FIELD_BYTES)
         if self._target is not None:
             self._target += data[start:end]
 
