@@ -26,6 +26,9 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105  (a test key)
         "file:///etc/passwd",
         "http:///no-host",
         "http://no-such-host.invalid/hook",
+        "http://8.8.8.8:99999/hook",  # no such port
+        "http://8.8.8.8:0/hook",
+        "http://8.8.8.8:http/hook",
     ],
 )
 def test_private_unresolvable_and_non_http_urls_are_refused(url: str) -> None:
@@ -40,6 +43,9 @@ def test_public_addresses_pass_and_an_allow_list_is_exclusive() -> None:
     assert check_url("http://127.0.0.1:9000/x", allowed) == "http://127.0.0.1:9000/x"
     with pytest.raises(InvalidOptionError):
         check_url("https://8.8.8.8/hook", allowed)
+    for port in ("99999", "0"):  # an allowed host with a port no request can reach
+        with pytest.raises(InvalidOptionError):
+            check_url(f"http://127.0.0.1:{port}/x", allowed)
 
 
 def test_without_a_secret_no_webhook_is_accepted() -> None:

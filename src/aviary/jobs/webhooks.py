@@ -65,7 +65,11 @@ def check_url(url: str, settings: Settings) -> str:
         InvalidOptionError: not http(s), no secret configured, a host not allowed, or a private address.
     """
     parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    try:
+        port = parts.port  # urllib raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        port = 0
+    if parts.scheme not in {"http", "https"} or not parts.hostname or port == 0:
         raise InvalidOptionError(option="webhook_url", value=url, expected="an http or https URL")
     if settings.webhook_secret is None:
         raise InvalidOptionError(
@@ -77,7 +81,7 @@ def check_url(url: str, settings: Settings) -> str:
         if host not in allowed:
             raise InvalidOptionError(option="webhook_url", value=url, expected="a host in AVIARY_WEBHOOK_ALLOWED_HOSTS")
         return url
-    if not all(_public(address) for address in _addresses(host, parts.port)):
+    if not all(_public(address) for address in _addresses(host, port)):
         raise InvalidOptionError(option="webhook_url", value=url, expected="a public address")
     return url
 
