@@ -264,6 +264,26 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
     assert (response.status_code, response.json()["error"]["param"]) == (400, "webhook_url")
 
 
+def test_deleting_a_running_job_tells_its_webhook_it_was_cancelled(
+    jobs: Jobs, tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes, int]]]
+) -> None:
+    url, tries = receiver
+    path, _ = recording(tmp_path, 120, seed=12)  # ~8 minutes: still running when it is deleted
+    with path.open("rb") as file:
+        job_id = requests.post(
+            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
+        ).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while status_of(jobs, job_id)["status"] != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert requests.delete(f"{jobs.url}/jobs/{job_id}", timeout=30).status_code == 204
+    assert _events(tries, f"{job_id}.job.cancelled")[-1] == 200
+    event = Webhook(SECRET).verify(*next((b, h) for h, b, c in tries if c == 200))
+    assert (event["type"], event["data"]["job_id"], event["data"]["status"]) == ("job.cancelled", job_id, "cancelled")
+    assert requests.get(f"{jobs.url}/jobs/{job_id}/status", timeout=30).status_code == 404
+
+
 def test_ended_jobs_are_purged_after_the_retention_time(tmp_path: Path) -> None:
     settings = {"AVIARY_JOB_RETENTION_SECONDS": "1", "AVIARY_HEARTBEAT_SECONDS": "0.2"}
     with _server(tmp_path / "data", **settings) as (api, _):

@@ -191,20 +191,20 @@ class Jobs:
             batcher.cancel(job_id)
 
     def delete(self, job_id: str) -> None:
-        """Cancel the job if it runs, then forget it: row, workflow record, audio.
+        """Cancel the job if it runs (its webhook gets `job.cancelled`), then forget it: row, workflow record, audio.
 
         Raises:
             JobNotFoundError: no such job.
         """
         from dbos import DBOS
 
-        from aviary.jobs.workflows import remove_audio
+        from aviary.jobs.workflows import notify, remove_audio
 
         job = self.get(job_id)
-        if job.status not in TERMINAL:
-            self.store.finish(job_id, "cancelled")
+        if job.status not in TERMINAL and self.store.finish(job_id, "cancelled"):
             DBOS.cancel_workflow(job_id)
             self._withdraw(job_id)
+            notify(job_id)  # it was cancelled: its webhook hears so, as after POST .../cancel
         DBOS.delete_workflow(job_id)
         remove_audio(self.settings, job_id, job.audio_path)
         self.store.delete(job_id)
