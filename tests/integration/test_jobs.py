@@ -22,6 +22,7 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from aviary.jobs.workflows import MAX_ATTEMPTS
 from tests.support.fixtures import AUDIO, MODELS
 from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_of, submit, until
 from tests.support.server import AVIARY, free_port, server
@@ -189,6 +190,46 @@ def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) ->
     assert not any((data / "uploads").iterdir())
     assert not any((data / "jobs").iterdir())
     assert os.environ.get("AVIARY_DATA_DIR") is None
+
+
+def test_restarts_between_steps_never_add_up_but_three_deaths_on_one_step_fail_the_job(tmp_path: Path) -> None:
+    """A job must survive any number of restarts that each let it progress, and must not kill workers for ever."""
+    data = tmp_path / "data"
+    path, _ = recording(tmp_path, 240, seed=13)  # ~17 minutes: about a hundred 10 s chunks
+    job_id, seen = None, 0.0
+    for _ in range(MAX_ATTEMPTS + 2):  # more restarts than the deaths in a row a job is allowed
+        with _server(data) as (api, process):
+            job_id = job_id or submit(api, path)["job_id"]
+            deadline = time.monotonic() + 120
+            while (status := status_of(api, job_id))["processed_seconds"] <= seen:
+                assert status["status"] == "processing" or status["status"] == "pending", status
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert status["status"] == "processing", "the job ended between restarts: nothing was tested"
+            seen = status["processed_seconds"]
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+    with _server(data) as (api, _):
+        done = until(api, str(job_id), {"completed", "failed", "cancelled"})
+    assert (done["status"], done["result"]["text"]) == ("completed", chunked(path))
+
+    long_path, _ = recording(tmp_path, 600, seed=14)  # ~40 minutes: seconds of decoding before the first chunk
+    job_id = None
+    for _ in range(MAX_ATTEMPTS):  # each process dies while the job is still decoding (its first step)
+        with _server(data) as (api, process):
+            job_id = job_id or submit(api, long_path)["job_id"]
+            until(api, job_id, {"processing"})
+            time.sleep(0.2)
+            assert status_of(api, job_id)["processed_seconds"] == 0, "the first step ended: nothing was tested"
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+    with _server(data) as (api, _):
+        failed = until(api, str(job_id), {"completed", "failed", "cancelled"})
+        listed = requests.get(f"{api.url}/jobs", params={"status": "failed"}, timeout=30).json()
+    assert (failed["status"], failed["error_code"]) == ("failed", "job_crashed")
+    assert [job["job_id"] for job in listed["jobs"]] == [job_id]
+    assert not any((data / "uploads").iterdir())
+    assert not any((data / "jobs").iterdir())
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):

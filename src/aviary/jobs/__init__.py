@@ -81,7 +81,7 @@ class Jobs:
                 _recover,
                 heartbeat_seconds=settings.heartbeat_seconds,
                 timeout_seconds=settings.executor_timeout,
-                housekeeping=self.purge,
+                housekeeping=self.housekeeping,
             )
             self._reaper.beat()
         DBOS(
@@ -152,18 +152,26 @@ class Jobs:
         return job
 
     def _reconcile(self, job: Job) -> Job:
-        """A job DBOS has given up on (its process died `MAX_ATTEMPTS` times, or its code raised) is failed."""
+        """A job DBOS has given up on (its code raised, or it was recovered `RECOVERY_LIMIT` times) is failed."""
         from dbos import DBOS
 
-        from aviary.jobs.workflows import remove_audio
+        from aviary.jobs.workflows import notify, remove_audio
 
         status = DBOS.get_workflow_status(job.id)
         if status is None or status.status not in _GAVE_UP:
             return job
-        message = "the job stopped its worker too many times" if status.status != "ERROR" else "the job crashed"
-        self.store.finish(job.id, "failed", error=f"Transcription failed: {message}.", error_code="job_crashed")
-        remove_audio(self.settings, job.id, job.audio_path)
+        message = "the job was recovered too many times" if status.status != "ERROR" else "the job crashed"
+        if self.store.finish(job.id, "failed", error=f"Transcription failed: {message}.", error_code="job_crashed"):
+            remove_audio(self.settings, job.id, job.audio_path)
+            notify(job.id)
         return self.store.get(job.id) or job
+
+    def housekeeping(self) -> None:
+        """Fail the running jobs DBOS has given up on (so lists, webhooks and the disk hear of it), then purge."""
+        running, _ = self.store.list("processing", limit=1000)
+        for job in running:
+            self._reconcile(job)
+        self.purge()
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a pending or running job: its workflow stops before its next chunk, its audio is removed.

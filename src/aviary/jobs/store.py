@@ -60,6 +60,14 @@ jobs_table = sa.Table(
     sa.Column("result", sa.Text, nullable=True),  # JSON: the seed's transcription result
 )
 
+attempts_table = sa.Table(
+    "aviary_job_attempts",
+    _metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+"""Tries of a job's current step: more than one means its process died on that step (a row only while so)."""
+
 
 @dataclass(frozen=True)
 class Job:
@@ -185,7 +193,24 @@ class JobStore:
 
     def finish(self, job_id: str, status: JobStatus, **values: Any) -> bool:  # noqa: ANN401
         """Move to a terminal `status` (once: false when the job had already ended)."""
-        return self.update(job_id, status=status, completed_at=time.time(), **values)
+        finished = self.update(job_id, status=status, completed_at=time.time(), **values)
+        if finished:
+            self.attempted(job_id)
+        return finished
+
+    def attempt(self, job_id: str) -> int:
+        """Count a try of the job's current step: how many tries it has had, this one included."""
+        where = attempts_table.c.id == job_id
+        with self.engine.begin() as connection:
+            more = attempts_table.update().where(where).values(attempts=attempts_table.c.attempts + 1)
+            if not connection.execute(more).rowcount:
+                connection.execute(attempts_table.insert().values(id=job_id, attempts=1))
+            return int(connection.execute(sa.select(attempts_table.c.attempts).where(where)).scalar_one())
+
+    def attempted(self, job_id: str) -> None:
+        """The job's current step finished (or the job ended): the next step starts its own count."""
+        with self.engine.begin() as connection:
+            connection.execute(attempts_table.delete().where(attempts_table.c.id == job_id))
 
     def list(self, status: str | None = None, *, limit: int = 50, offset: int = 0) -> tuple[Sequence[Job], int]:
         """Jobs newest first, optionally of one status, and how many there are in all."""
@@ -214,6 +239,7 @@ class JobStore:
     def delete(self, job_id: str) -> bool:
         """Remove the job's row; whether there was one."""
         with self.engine.begin() as connection:
+            connection.execute(attempts_table.delete().where(attempts_table.c.id == job_id))
             return connection.execute(jobs_table.delete().where(jobs_table.c.id == job_id)).rowcount > 0
 
     def close(self) -> None:

@@ -14,6 +14,12 @@ kept nor transcribed), and the chunks' spans and file offsets are the step's che
 step reads its samples through a memory map and sends them to the model's batcher, so a step holds
 one chunk and jobs batch with each other and with sync requests.
 
+A process that dies mid-step (killed, out of memory, a crash in native code) leaves the step to be
+tried again where the job resumes. Each step counts its tries in the job store (`JobStore.attempt`,
+cleared when a step finishes), so a job whose process died `MAX_ATTEMPTS` times in a row on the same
+step fails as `job_crashed` instead of taking down every worker that picks it up; restarts between
+steps that finished never add up.
+
 Workflow code reaches the models through `Runtime`, installed by `aviary.jobs.Jobs` when DBOS
 launches (DBOS workflows are module functions registered at import; their work needs a process).
 """
@@ -34,6 +40,7 @@ from dbos import DBOS
 from aviary.engine import longform
 from aviary.errors import AudioError, AviaryError, RequestError
 from aviary.formats import to_seed
+from aviary.jobs.store import TERMINAL
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 
 if TYPE_CHECKING:
@@ -48,7 +55,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3
-"""A job whose process dies this many times in a row is not recovered again (DBOS stops it)."""
+"""A job whose process dies this many times in a row on the same step is failed (`job_crashed`)."""
+RECOVERY_LIMIT: Final = 100
+"""DBOS's own limit on recoveries of one workflow, counted over its whole life: restarts between steps
+that progressed are normal, so it is only a backstop (DBOS's default)."""
+CRASHED: Final = f"Transcription failed: its process died {MAX_ATTEMPTS} times in a row while working on it."
 _CANCEL_CHECK_SECONDS: Final = 1.0  # how often `prepare` looks for a cancel while it decodes
 
 
@@ -92,7 +103,7 @@ def prepare(job_id: str) -> dict[str, Any] | None:
     """Decode the upload once into raw samples and plan its chunks. None when the job ended (failed, cancelled)."""
     rt = _rt()
     job = rt.store.get(job_id)
-    if job is None or job.audio_path is None:
+    if job is None or job.audio_path is None or not _tried(rt, job_id):
         return None
     rt.store.update(job_id, status="processing", started_at=time.time())
     target = audio_file(rt.settings, job_id)
@@ -116,6 +127,7 @@ def prepare(job_id: str) -> dict[str, Any] | None:
     if not rt.store.update(job_id, duration=planner.seconds):  # cancelled meanwhile: leave nothing behind
         remove_audio(rt.settings, job_id, job.audio_path)
         return None
+    rt.store.attempted(job_id)
     return {"seconds": planner.seconds, "spans": spans}
 
 
@@ -136,7 +148,7 @@ def transcribe_chunk(job_id: str, span_values: list[int]) -> dict[str, Any] | No
     """Transcribe one planned chunk (its span, and where its samples start in the job's file). None: the job ended."""
     rt = _rt()
     job = rt.store.get(job_id)
-    if job is None or job.status == "cancelled":
+    if job is None or job.status in TERMINAL or not _tried(rt, job_id):
         return None
     span, offset = longform.Span.from_list(span_values[:4]), span_values[4]
     audio = np.memmap(audio_file(rt.settings, job_id), dtype=np.float32, mode="r")
@@ -152,6 +164,7 @@ def transcribe_chunk(job_id: str, span_values: list[int]) -> dict[str, Any] | No
         _fail(job_id, exc)
         return None
     rt.store.update(job_id, processed_seconds=min(span.keep_end, span.end) / SAMPLE_RATE)
+    rt.store.attempted(job_id)
     return longform.dump(longform.place(transcript, span))
 
 
@@ -160,7 +173,7 @@ def finish(job_id: str, seconds: float, parts: list[dict[str, Any]]) -> None:
     """Join the chunks into the seed's result, store it, and remove the job's audio."""
     rt = _rt()
     job = rt.store.get(job_id)
-    if job is None:
+    if job is None or not _tried(rt, job_id):
         return
     transcript = longform.join([longform.load(part) for part in parts], seconds)
     result = to_seed(
@@ -175,7 +188,7 @@ def finish(job_id: str, seconds: float, parts: list[dict[str, Any]]) -> None:
     remove_audio(rt.settings, job_id, job.audio_path)
 
 
-@DBOS.workflow(max_recovery_attempts=MAX_ATTEMPTS)
+@DBOS.workflow(max_recovery_attempts=RECOVERY_LIMIT)
 def transcribe_job(job_id: str) -> None:
     """The job's workflow: prepare, every chunk with speech, finish (each a checkpointed step)."""
     plan = prepare(job_id)
@@ -207,6 +220,17 @@ def remove_audio(settings: Settings, job_id: str, upload: str | None) -> None:
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _tried(rt: Runtime, job_id: str) -> bool:
+    """Count this try of the job's current step; False, and the job failed, when its process died on it too often."""
+    if rt.store.attempt(job_id) <= MAX_ATTEMPTS:
+        return True
+    logger.error("job %s failed: its process died %d times in a row on the same step", job_id, MAX_ATTEMPTS)
+    job = rt.store.get(job_id)
+    rt.store.finish(job_id, "failed", error=CRASHED, error_code="job_crashed")
+    remove_audio(rt.settings, job_id, job.audio_path if job else None)
+    return False
 
 
 def _fail(job_id: str, error: AviaryError) -> None:
