@@ -17,8 +17,8 @@ from aviary.config import Settings
 from aviary.engine.registry import Registry
 from aviary.testing import FakeEngine
 from aviary.types import SAMPLE_RATE, TranscribeOptions
-from tests.support.fixtures import MODELS
-from tests.support.media import ENCODINGS, encode
+from tests.support.fixtures import MODELS, clip
+from tests.support.media import ENCODINGS, cut_mp3, encode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -348,7 +348,8 @@ def test_a_job_the_engine_fails_logs_the_cause_once_and_its_result_logs_nothing(
             assert client.get(f"/jobs/{job_id}/result").status_code == 500
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # reporting it is not a new fault
 
-        bad = client.post("/transcribe/async", files={"file": ("b.wav", b"not audio at all")}).json()["job_id"]
+        cut = cut_mp3(clip("en-digits-6.wav"), SAMPLE_RATE)  # its container checks out; decoding fails the job
+        bad = client.post("/transcribe/async", files={"file": ("b.mp3", cut)}).json()["job_id"]
         _until(lambda: client.get(f"/jobs/{bad}/status").json()["status"] == "failed")
     refused = [r for r in caplog.records if r.name == "aviary.jobs.workflows" and bad in r.getMessage()]
     assert [(r.levelno, bool(r.exc_info)) for r in refused] == [(logging.INFO, False)]  # the client's input

@@ -23,8 +23,10 @@ import requests
 from standardwebhooks import Webhook
 
 from aviary.jobs.workflows import MAX_ATTEMPTS
-from tests.support.fixtures import AUDIO, MODELS
+from aviary.types import SAMPLE_RATE
+from tests.support.fixtures import AUDIO, MODELS, clip
 from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_of, submit, until
+from tests.support.media import cut_mp3
 from tests.support.server import AVIARY, free_port, server
 
 if TYPE_CHECKING:
@@ -117,16 +119,28 @@ def test_unknown_jobs_and_finished_jobs_answer_as_the_seed(jobs: Jobs, tmp_path:
 
 
 def test_a_failed_job_keeps_its_code_and_its_result_is_500(jobs: Jobs, tmp_path: Path) -> None:
-    notes = tmp_path / "notes.mp3"
-    notes.write_text("not audio at all\n" * 50, encoding="utf-8")
-    job_id = submit(jobs, notes)["job_id"]
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(cut_mp3(clip("en-digits-10.wav"), SAMPLE_RATE))  # only decoding finds what is wrong
+    job_id = submit(jobs, cut)["job_id"]
     status = until(jobs, job_id, {"failed"})
-    assert status["error_code"] == "unsupported_media"
+    assert status["error_code"] == "invalid_audio"
     response = requests.get(f"{jobs.url}/jobs/{job_id}/result", timeout=30)
     assert response.status_code == 500
     body = response.json()
-    assert body["detail"].startswith("Job failed: The file is not a supported audio")
-    assert body["error"]["code"] == "unsupported_media"
+    assert body["detail"].startswith("Job failed: The audio is truncated")
+    assert body["error"]["code"] == "invalid_audio"
+
+
+def test_plainly_unusable_files_are_refused_at_submission_as_transcribe_refuses_them(jobs: Jobs) -> None:
+    before = requests.get(f"{jobs.url}/jobs", timeout=30).json()["total"]
+    for name, content, code in [
+        ("notes.mp3", b"not audio at all\n" * 50, "unsupported_media"),
+        ("empty.wav", b"", "empty_file"),
+    ]:
+        response = requests.post(f"{jobs.url}/transcribe/async", files={"file": (name, content)}, timeout=60)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, code), name
+    assert requests.get(f"{jobs.url}/jobs", timeout=30).json()["total"] == before  # no job was made
+    assert not any((jobs.data_dir / "uploads").iterdir())
 
 
 def test_an_idempotency_key_gives_one_job_and_refuses_another_file(jobs: Jobs, tmp_path: Path) -> None:
@@ -281,8 +295,8 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
             f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
         ).json()["job_id"]
     assert _events(tries, f"{job_id}.job.completed") == [500, 500, 200]  # retried with backoff, then accepted
-    notes = tmp_path / "notes.wav"
-    notes.write_text("not audio\n" * 50, encoding="utf-8")
+    notes = tmp_path / "cut.mp3"
+    notes.write_bytes(cut_mp3(clip("en-digits-6.wav"), SAMPLE_RATE))  # accepted; its job fails
     with notes.open("rb") as file:
         failed_id = requests.post(
             f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60

@@ -94,7 +94,7 @@ async def transcribe_async(
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key, same file: same job.")] = None,
 ) -> JobAccepted:
-    """Accept the file; a worker transcribes it chunk by chunk (poll the status, or fetch the result)."""
+    """Accept the file (once its container is checked); a worker transcribes it chunk by chunk (poll the status)."""
     service: Service = request.app.state.service
     settings = service.settings
     async with received_form(request, settings) as form:
@@ -102,6 +102,9 @@ async def transcribe_async(
         engine = await service.engine(service.api_model(fields.model))
         options, language = seed_options(engine, fields.language)
         engine.info.check(options)
+        # What is plainly not usable audio (empty, not media, no audio stream, too long) is refused now,
+        # as /transcribe refuses it; what only decoding finds fails the job.
+        await anyio.to_thread.run_sync(service.decoder.probe, upload.path)
         job_options: dict[str, Any] = {
             "model": fields.model,
             "language": language,

@@ -216,8 +216,20 @@ class IsolatedDecoder:
             if not isinstance(item, MediaInfo):
                 yield item
 
-    def stream_with_info(self, source: Source | BinaryIO) -> Generator[MediaInfo | Audio, None, None]:
-        """As `stream`, with the `MediaInfo` first."""
+    def probe(self, source: Source | BinaryIO) -> MediaInfo:
+        """What the container says (format, codec, length), checked as decoding would check it, decoding nothing.
+
+        Raises:
+            AudioError: as `stream` does for everything found before the first sample (empty, not media,
+                a container or codec not accepted, no audio stream, longer than allowed).
+        """
+        items = list(self.stream_with_info(source, probe=True))
+        return next(item for item in items if isinstance(item, MediaInfo))
+
+    def stream_with_info(
+        self, source: Source | BinaryIO, *, probe: bool = False
+    ) -> Generator[MediaInfo | Audio, None, None]:
+        """As `stream`, with the `MediaInfo` first (and only that with `probe`)."""
         if not isinstance(source, (Path, bytes)):
             source = _read_bounded(source, self.limits.max_bytes)
         check_size(source, self.limits)
@@ -228,7 +240,8 @@ class IsolatedDecoder:
             budget.start()
             child.wait_started(budget)  # a fresh child's start-up counts against the time limit too
             budget.stop()
-            request = {"path": str(source) if isinstance(source, Path) else None, "limits": asdict(self.limits)}
+            path = str(source) if isinstance(source, Path) else None
+            request = {"path": path, "limits": asdict(self.limits), "probe": probe}
             child.send(b"R", json.dumps(request).encode())
             if isinstance(source, bytes):
                 child.send(b"D", source)

@@ -68,6 +68,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             for item in decode_chunks(source, AudioLimits(**request["limits"])):
                 if isinstance(item, MediaInfo):
                     write_message(replies, b"I", json.dumps(item.__dict__).encode())
+                    if request.get("probe"):  # what the container says is all that was asked
+                        break
                 else:
                     write_message(replies, b"C", item.tobytes())
                     replies.flush()
