@@ -334,6 +334,30 @@ def test_a_job_whose_engine_crashes_is_failed_not_left_processing(tmp_path: Path
     assert not any((tmp_path / "data" / "uploads").iterdir())
 
 
+def _told(record: logging.LogRecord) -> str:
+    """A record's message and the error it carries."""
+    return record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+
+
+def test_cancelling_or_deleting_running_jobs_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    long = encode(np.tile(clip("en-digits-10.wav"), 30), SAMPLE_RATE, WAV)  # speech in every chunk of 30 s
+    dbos = logging.getLogger("dbos")  # DBOS's logger does not propagate to the root logger
+    dbos.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO), _client(tmp_path, FakeEngine(delay=1.0)) as client:
+        for ending in ("cancel", "delete"):
+            job_id = client.post("/transcribe/async", files={"file": ("a.wav", long)}).json()["job_id"]
+            _until(lambda: len(client.get("/jobs", params={"status": "processing"}).json()["jobs"]) == 1)
+            time.sleep(1.5)  # inside one of its chunks
+            if ending == "cancel":
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
+            else:
+                assert client.delete(f"/jobs/{job_id}").status_code == 204
+            ended: str = job_id
+            _until(lambda: any(ended in _told(r) for r in caplog.records if r.name == "dbos"))  # noqa: B023
+    dbos.removeHandler(caplog.handler)
+    assert not [_told(r) for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_a_job_the_engine_fails_logs_the_cause_once_and_its_result_logs_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

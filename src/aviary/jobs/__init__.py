@@ -10,6 +10,7 @@ jobs it had in flight.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import time
 import uuid
@@ -94,6 +95,8 @@ class Jobs:
         )
         if not settings.run_jobs:
             DBOS.listen_queues([])
+        if _ENDED_BY_REQUEST not in logging.getLogger("dbos").filters:
+            logging.getLogger("dbos").addFilter(_ENDED_BY_REQUEST)
         DBOS.launch()
         DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll())
         if self._reaper is not None:
@@ -241,6 +244,34 @@ class Jobs:
         webhooks.install(None)
         if self._store is not None:
             self._store.close()
+
+
+class _EndedByRequest(logging.Filter):
+    """DBOS logs a background workflow that was cancelled, deleted or stopped by a shutdown as an error.
+
+    For a job, that is what a client's cancel or delete, or a graceful stop (the job resumes on
+    restart), does: the record becomes one line at INFO, without a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from dbos._error import (  # not re-exported by dbos
+            DBOSAwaitedWorkflowCancelledError,
+            DBOSException,
+            DBOSNonExistentWorkflowError,
+            DBOSWorkflowCancelledError,
+        )
+
+        error = record.exc_info[1] if record.exc_info else None
+        ended = (DBOSAwaitedWorkflowCancelledError, DBOSNonExistentWorkflowError, DBOSWorkflowCancelledError)
+        stopped = isinstance(error, DBOSException) and "before DBOS was launched" in str(error)  # after destroy
+        if isinstance(error, ended) or stopped:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg, record.args = "Background workflow ended (cancelled, deleted or shut down): %s", (error,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ENDED_BY_REQUEST: Final = _EndedByRequest()
 
 
 def _recover(executor_ids: list[str]) -> None:
