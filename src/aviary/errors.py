@@ -407,10 +407,11 @@ class JobFailedError(JobError):
 
 
 class IdempotencyConflictError(JobError):
-    """An `Idempotency-Key` already used for a different file."""
+    """An `Idempotency-Key` already used for a different file, or the same file with other options."""
 
     code = "idempotency_conflict"
 
-    def __init__(self) -> None:
-        """Say why the request is refused."""
-        super().__init__("This Idempotency-Key was already used with a different file.")
+    def __init__(self, *, same_file: bool = False) -> None:
+        """Say what differs from the request that first used the key: its file, or (`same_file`) its options."""
+        what = "the same file but other options" if same_file else "a different file"
+        super().__init__(f"This Idempotency-Key was already used with {what}.")

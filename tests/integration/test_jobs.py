@@ -143,7 +143,7 @@ def test_plainly_unusable_files_are_refused_at_submission_as_transcribe_refuses_
     assert not any((jobs.data_dir / "uploads").iterdir())
 
 
-def test_an_idempotency_key_gives_one_job_and_refuses_another_file(jobs: Jobs, tmp_path: Path) -> None:
+def test_an_idempotency_key_gives_one_job_and_refuses_another_file_or_options(jobs: Jobs, tmp_path: Path) -> None:
     path, _ = recording(tmp_path, 2, seed=5)
     with ThreadPoolExecutor(10) as pool:
         ids = set(pool.map(lambda _: submit(jobs, path, **{"Idempotency-Key": "key-1"})["job_id"], range(10)))
@@ -154,6 +154,16 @@ def test_an_idempotency_key_gives_one_job_and_refuses_another_file(jobs: Jobs, t
             f"{jobs.url}/transcribe/async", files={"file": file}, headers={"Idempotency-Key": "key-1"}, timeout=60
         )
     assert (response.status_code, response.json()["error"]["code"]) == (409, "idempotency_conflict")
+    with path.open("rb") as file:  # the same file, asked for differently: not the request the key stands for
+        response = requests.post(
+            f"{jobs.url}/transcribe/async",
+            files={"file": file},
+            data={"include_timestamps": "false"},
+            headers={"Idempotency-Key": "key-1"},
+            timeout=60,
+        )
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "idempotency_conflict")
+    assert response.json()["detail"] == "This Idempotency-Key was already used with the same file but other options."
 
 
 def test_a_cancelled_running_job_stops_within_seconds(jobs: Jobs, tmp_path: Path) -> None:

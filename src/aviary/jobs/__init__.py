@@ -118,7 +118,7 @@ class Jobs:
         if idempotency_key is not None:
             existing = self.store.by_key(idempotency_key)
             if existing is not None:
-                return _same_file(existing, digest), False
+                return _same_request(existing, digest, options), False
         job_id = str(uuid.uuid4())
         kept = self.settings.data_dir / "uploads" / job_id
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ class Jobs:
         stored = self.store.create(job)
         if stored.id != job_id:  # another request with the same key won the race
             kept.unlink(missing_ok=True)
-            return _same_file(stored, digest), False
+            return _same_request(stored, digest, options), False
         with SetWorkflowID(job_id):
             DBOS.retrieve_queue(QUEUE).enqueue(transcribe_job, job_id)  # type: ignore[union-attr]
         return stored, True
@@ -281,9 +281,12 @@ def _recover(executor_ids: list[str]) -> None:
     DBOS._recover_pending_workflows(executor_ids)  # noqa: SLF001  (DBOS's documented self-hosted recovery)
 
 
-def _same_file(job: Job, digest: str) -> Job:
+def _same_request(job: Job, digest: str, options: dict[str, Any]) -> Job:
+    """`job`, when it was made from the same file with the same options; else the key is in conflict."""
     if job.file_sha256 != digest:
         raise IdempotencyConflictError
+    if job.options != options:
+        raise IdempotencyConflictError(same_file=True)
     return job
 
 
