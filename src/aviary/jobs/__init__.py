@@ -250,7 +250,8 @@ class _EndedByRequest(logging.Filter):
     """DBOS logs a background workflow that was cancelled, deleted or stopped by a shutdown as an error.
 
     For a job, that is what a client's cancel or delete, or a graceful stop (the job resumes on
-    restart), does: the record becomes one line at INFO, without a traceback.
+    restart), does: the record becomes one line at INFO, without a traceback. A webhook try that
+    was not accepted stays a warning, on one line with the reason.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -261,12 +262,17 @@ class _EndedByRequest(logging.Filter):
             DBOSWorkflowCancelledError,
         )
 
+        from aviary.jobs.webhooks import DeliveryError
+
         error = record.exc_info[1] if record.exc_info else None
         ended = (DBOSAwaitedWorkflowCancelledError, DBOSNonExistentWorkflowError, DBOSWorkflowCancelledError)
         stopped = isinstance(error, DBOSException) and "before DBOS was launched" in str(error)  # after destroy
         if isinstance(error, ended) or stopped:
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             record.msg, record.args = "Background workflow ended (cancelled, deleted or shut down): %s", (error,)
+            record.exc_info = record.exc_text = None
+        elif isinstance(error, DeliveryError):  # a webhook receiver that refused or was not there: no traceback
+            record.msg, record.args = f"{record.getMessage()}: {error}", ()
             record.exc_info = record.exc_text = None
         return True
 
