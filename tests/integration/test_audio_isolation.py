@@ -14,7 +14,13 @@ import pytest
 
 from aviary.audio import AudioLimits, IsolatedDecoder
 from aviary.config import Settings
-from aviary.errors import DecoderFailedError, DecoderMemoryError, DecodeTimeoutError
+from aviary.errors import (
+    DecoderFailedError,
+    DecoderMemoryError,
+    DecodeTimeoutError,
+    EmptyFileError,
+    UnsupportedMediaError,
+)
 from aviary.types import SAMPLE_RATE
 from tests.support.media import ENCODINGS, encode
 from tools.fixtures import speech
@@ -101,6 +107,23 @@ def test_an_abandoned_stream_stops_its_child(decoder: IsolatedDecoder, long_flac
     chunks, child = _started(decoder, long_flac)
     chunks.close()
     assert child not in _children()
+
+
+def test_a_probe_reads_the_container_only_and_leaves_its_child_serving(long_flac: bytes) -> None:
+    decoder = IsolatedDecoder(AudioLimits(), idle=1)
+    try:
+        decoder.warm()
+        pool = _children()
+        info = decoder.probe(long_flac)
+        assert list(decoder.stream_with_info(long_flac, probe=True)) == [info]  # no samples decoded, none sent
+        assert info.declared_seconds == pytest.approx(len(decoder.decode(long_flac)) / SAMPLE_RATE, abs=0.05)
+        with pytest.raises(EmptyFileError):
+            decoder.probe(b"")
+        with pytest.raises(UnsupportedMediaError):
+            decoder.probe(b"not audio at all\n" * 50)
+        assert _children() == pool  # the same child answered every probe and the decode between them
+    finally:
+        decoder.close()
 
 
 def test_children_are_reused_and_serve_threads_at_once(long_flac: bytes) -> None:
