@@ -11,13 +11,15 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from huggingface_hub import constants as hub_constants
 
 from aviary.api import create_app
 from aviary.config import Settings
-from aviary.engine.registry import Registry
+from aviary.engine.registry import KNOWN, Registry
 from aviary.testing import FakeEngine
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.fixtures import MODELS, clip
+from tests.support.hub import add_onnx_model
 from tests.support.media import ENCODINGS, cut_mp3, encode
 
 if TYPE_CHECKING:
@@ -87,6 +89,17 @@ def test_api_keys_guard_everything_but_health_and_docs(tmp_path: Path) -> None:
             wrong.models.list()
         assert error.value.code == "invalid_api_key"
     assert len(engine.calls) == 2
+
+
+def test_offline_the_model_list_holds_what_is_on_this_machine(tmp_path: Path) -> None:
+    add_onnx_model(tmp_path / "hub", KNOWN["parakeet-tdt-0.6b-v3"].onnx_repo, MODELS / "parakeet-digits")
+    with _client(tmp_path, FakeEngine(), offline=True, cache_dir=tmp_path / "hub") as client:
+        ids = {model["id"] for model in client.get("/v1/models").json()["data"]}
+    assert {str(tmp_path), "parakeet", "parakeet-tdt-0.6b-v3", "whisper-1"} <= ids  # `parakeet`: the directory
+    assert not {"parakeet-tdt-0.6b-v2", "canary-1b-v2", "canary"} & ids  # registry models not cached, and aliases
+    if not hub_constants.HF_HUB_OFFLINE:  # online, every registry model can be fetched
+        with _client(tmp_path, FakeEngine(), cache_dir=tmp_path / "hub") as client:
+            assert {"parakeet-tdt-0.6b-v2", "canary"} <= {m["id"] for m in client.get("/v1/models").json()["data"]}
 
 
 def test_cors_preflight_is_answered_without_a_key(tmp_path: Path) -> None:

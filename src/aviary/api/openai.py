@@ -25,6 +25,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Final
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -95,11 +96,26 @@ async def translations(request: Request) -> Response:
 
 @router.get("/models", summary="Models this server can serve", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    """The default model, the aliases, the registry names, and OpenAI's names while they are aliases too."""
+    """The default model, the aliases, the registry names, and OpenAI's names while they are aliases too.
+
+    Offline, only what is on this machine: a registry model that is not cached (or an alias of one) is left out.
+    """
     service: Service = request.app.state.service
     openai_names = sorted(OPENAI_MODELS) if service.settings.openai_model_aliases else []
     names = dict.fromkeys([service.settings.model, *service.settings.aliases, *KNOWN, *openai_names])
-    return ModelList(data=[_model(name, service.started) for name in names])
+    servable = await anyio.to_thread.run_sync(lambda: [name for name in names if _servable(service, name)])
+    return ModelList(data=[_model(name, service.started) for name in servable])
+
+
+def _servable(service: Service, name: str) -> bool:
+    """Whether a request naming `name` can be served now (offline: from files on this machine)."""
+    from huggingface_hub import constants
+
+    target = service.settings.aliases.get(name, name)
+    if target not in KNOWN or not (service.settings.offline or constants.HF_HUB_OFFLINE):
+        return True
+    registry = service.registry
+    return registry.is_cached(registry.resolve(target))
 
 
 @router.get(
