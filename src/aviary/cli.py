@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 
 # The output formats of `aviary.formats` (kept literal here so `--help` needs no imports).
 FORMAT_NAMES = ("text", "json", "verbose_json", "srt", "vtt")
+SETTINGS_FLAGS = frozenset(
+    {"model", "engine", "device", "threads", "quantization", "offline", "host", "port", "executor_id"}
+)
+"""The flags that override a setting of the same name."""
+_SECRET = re.compile(r"key|secret|password|database", re.IGNORECASE)
+"""Settings whose values an error message never repeats."""
 STARTUP_FAILURE = 3
 """Exit status of `aviary serve` when the server could not start (its port taken, its app failing), as uvicorn."""
 
@@ -53,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio or video files; - reads standard input")
     _add_model_flags(transcribe)
     transcribe.add_argument("--language", help="spoken language, ISO 639-1 (Canary: default en)")
-    transcribe.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    transcribe.add_argument(
+        "--task",
+        choices=("transcribe", "translate"),
+        default="transcribe",
+        help="write the speech down, or translate it (Canary; default: transcribe)",
+    )
     transcribe.add_argument("--target-language", help="output language of --task translate (default: en)")
     transcribe.add_argument("--no-pnc", action="store_true", help="no punctuation and capitals (Canary)")
     transcribe.add_argument("--format", choices=FORMAT_NAMES, default="text", help="output format (default: text)")
@@ -76,8 +88,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from aviary.config import Settings
 
-    flags = {"model", "engine", "device", "threads", "quantization", "offline", "host", "port", "executor_id"}
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in SETTINGS_FLAGS and v is not None}
     return Settings(**overrides)
 
 
@@ -88,24 +99,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "transcribe" and args.target_language and args.task != "translate":
+        parser.error("--target-language is the language of a translation: give it with --task translate")
     from aviary.errors import AviaryError
 
     try:
-        settings = settings_from(args)
-        if args.command == "serve":
-            return _serve(settings)
-        if args.command == "worker":
-            from aviary.jobs.worker import run_worker
-
-            return run_worker(settings)
-        if args.command == "transcribe":
-            from aviary.transcribe_files import transcribe_files
-
-            return transcribe_files(args, settings)
-        return _models(args, settings)
+        settings = _settings(args)
+        return _run(args, settings) if settings is not None else 1
     except AviaryError as exc:
         sys.stderr.write(f"aviary: error: [{exc.code}] {exc}\n")
-        return 1
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing left to say
+        pass
+    except KeyboardInterrupt:
+        sys.stderr.write("aviary: interrupted\n")
+        return 130
+    return 1
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings, or None after saying on one line which ones are invalid."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        return settings_from(args)
+    except (ValidationError, SettingsError) as exc:
+        sys.stderr.write(f"aviary: error: [invalid_option] {settings_problem(exc)}\n")
+        return None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "worker":
+        from aviary.jobs.worker import run_worker
+
+        return run_worker(settings)
+    if args.command == "transcribe":
+        from aviary.transcribe_files import transcribe_files
+
+        return transcribe_files(args, settings)
+    return _models(args, settings)
+
+
+def settings_problem(exc: Exception) -> str:
+    """One line saying which settings are invalid and why, naming the variable (and flag) that sets each."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):  # pydantic-settings could not parse a variable's JSON
+        named = re.search(r'field "(\w+)"', str(exc))
+        variable = f"AVIARY_{named[1].upper()}" if named else "a variable"
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        return f"invalid settings: {variable} is not valid JSON{cause}"
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = field.upper() if field.upper().startswith("AVIARY_") or not field else f"AVIARY_{field.upper()}"
+        flag = f" or --{field.replace('_', '-')}" if field in SETTINGS_FLAGS else ""
+        shown = "input" in error and not isinstance(error["input"], dict) and not _SECRET.search(field)
+        value = f" {error['input']!r}" if shown else ""
+        problems.append(f"{name}{flag}{value}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,7 +168,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(settings)
     if args.models_command == "pull":
         source = registry.resolve(args.name)
-        path = registry.fetch(source, download=True)
+        path = registry.fetch(source)  # downloads unless offline (--offline, AVIARY_OFFLINE or HF_HUB_OFFLINE)
         sys.stdout.write(f"{source.name}: {path}\n")
         return 0
     rows = [("NAME", "ENGINE", "CACHED", "DESCRIPTION")]

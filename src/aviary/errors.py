@@ -320,6 +320,16 @@ class DecodeTimeoutError(AudioError, TimeoutError):
         super().__init__(f"Decoding the audio took longer than {limit_seconds:g} seconds.")
 
 
+class OutputError(AviaryError, OSError):
+    """A transcript cannot be written where it was asked to go (the CLI's `--output-dir`)."""
+
+    code = "unwritable_output"
+
+    def __init__(self, target: str, reason: str) -> None:
+        """Name the file or directory and the system's reason."""
+        super().__init__(f"Cannot write {target}: {reason}.")
+
+
 class InferenceError(AviaryError, RuntimeError):
     """The engine failed while running a model."""
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Self, TextIO, cast
 
 from aviary.engine.longform import transcribe_source
 from aviary.engine.registry import Registry
-from aviary.errors import AviaryError
+from aviary.errors import AviaryError, OutputError
 from aviary.formats import parse_format, render
 from aviary.types import TranscribeOptions, language_code
 
@@ -36,7 +37,12 @@ EXTENSIONS = {"text": "txt", "json": "json", "verbose_json": "json", "srt": "srt
 
 
 def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
-    """Transcribe `args.files` with `settings.model`; return 0, or 1 when any file failed."""
+    """Transcribe `args.files` with `settings.model`; return 0, or 1 when any file failed.
+
+    Raises:
+        AviaryError: the model or the options cannot be used, or the output directory cannot be made;
+            before any model is downloaded or loaded where that can be known then.
+    """
     options = TranscribeOptions(
         language=language_code(args.language) if args.language else None,
         task=args.task,
@@ -44,31 +50,68 @@ def transcribe_files(args: argparse.Namespace, settings: Settings) -> int:
         pnc=not args.no_pnc,
     )
     registry = Registry(settings)
+    source = registry.resolve(settings.model)
+    if source.known is not None:
+        source.known.check(options)
+    out_dir = output_dir(Path(args.output_dir)) if args.output_dir else None
+    paths = [Path(f) for f in args.files]
+    names = output_names(paths) if out_dir is not None else [None] * len(paths)
     decoder = settings.audio_decoder()
+    failed = 0
     try:
         with _results_stdout() as stdout:
             engine = registry.get(settings.model)
             engine.info.check(options)
-            out_dir = Path(args.output_dir) if args.output_dir else None
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            failed = 0
-            paths = [Path(f) for f in args.files]
-            names = dict(zip(paths, output_names(paths), strict=True)) if out_dir is not None else {}
-            for path in _progress(paths, sys.stderr):
+            for path, name in _progress(list(zip(paths, names, strict=True)), sys.stderr):
                 try:
                     text = _one(registry.batcher(engine), decoder, path, options, args.format, settings, sys.stderr)
+                    if out_dir is not None:
+                        _save(text, out_dir / f"{name}.{EXTENSIONS[args.format]}")
                 except (AviaryError, OSError) as exc:
-                    code = exc.code if isinstance(exc, AviaryError) else "unreadable_file"
-                    reason = exc if isinstance(exc, AviaryError) else (exc.strerror or type(exc).__name__)
-                    sys.stderr.write(f"aviary: {path}: [{code}] {reason}\n")
+                    sys.stderr.write(f"aviary: {shown(path)}: [{_code(exc)}] {_reason(exc)}\n")
                     failed += 1
                     continue
-                _write(text, path, names.get(path), out_dir, stdout, args.format, several=len(args.files) > 1)
+                if out_dir is None:
+                    _print(text, path, stdout, several=len(paths) > 1)
     finally:
         decoder.close()
         registry.close()
     return 1 if failed else 0
+
+
+def output_dir(path: Path) -> Path:
+    """`path`, made if missing, once it is known to be a directory this process can write files in.
+
+    Raises:
+        OutputError: it cannot be made, or is not a writable directory.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(shown(path), exc.strerror or type(exc).__name__) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(shown(path), "permission denied")
+    return path
+
+
+def _save(text: str, target: Path) -> None:
+    try:
+        target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(shown(target), exc.strerror or type(exc).__name__) from exc
+
+
+def _code(exc: Exception) -> str:
+    return exc.code if isinstance(exc, AviaryError) else "unreadable_file"
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, AviaryError) else (getattr(exc, "strerror", None) or type(exc).__name__)
+
+
+def shown(path: Path | str) -> str:
+    """`path` for a one-line message, its unprintable characters (a newline, bytes not UTF-8) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 @contextlib.contextmanager
@@ -78,17 +121,36 @@ def _results_stdout() -> Iterator[TextIO]:
     While it is held, whatever else writes to standard output goes to standard error: NeMo's info
     log (its handler holds `sys.stdout` from the moment NeMo is imported), `print`s, and C libraries
     writing to descriptor 1. So `aviary transcribe --format json x.wav | jq` reads only JSON.
+    File names that are not UTF-8 are written back as the bytes they were. When the reader goes
+    away (`| head -1`), `BrokenPipeError` is raised and what is left unwritten is dropped.
     """
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        with os.fdopen(os.dup(saved), "w", encoding="utf-8") as results:
+        results = os.fdopen(os.dup(saved), "w", encoding="utf-8", errors="surrogateescape")
+        try:
             yield results
+        except BrokenPipeError:
+            _discard(results)
+            raise
+        finally:
+            try:
+                results.close()
+            except BrokenPipeError:
+                _discard(results)
+                results.close()
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _discard(stream: TextIO) -> None:
+    """Point `stream`'s descriptor at /dev/null, so that flushing what it still holds cannot fail."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, stream.fileno())
+    os.close(null)
 
 
 def _one(  # noqa: PLR0917  (one call site, every argument needed)
@@ -100,19 +162,28 @@ def _one(  # noqa: PLR0917  (one call site, every argument needed)
     settings: Settings,
     stream: TextIO,
 ) -> str:
-    source: Path | BinaryIO
-    if str(path) == STDIN:
-        source = sys.stdin.buffer
-    else:
-        with path.open("rb"):  # unreadable files fail here, with the OS's reason, not in the decoder process
-            pass
-        source = path.resolve()
-    chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
-    with _AudioProgress(_stem(path) if source is sys.stdin.buffer else path.name, stream) as progress:
-        transcript = transcribe_source(
-            decoder, batcher, source, options, chunking, on_info=progress.info, on_progress=progress.update
-        )
+    with _opened(path) as source:
+        chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
+        with _AudioProgress(_stem(path) if str(path) == STDIN else shown(path.name), stream) as progress:
+            transcript = transcribe_source(
+                decoder, batcher, source, options, chunking, on_info=progress.info, on_progress=progress.update
+            )
     return render(transcript, parse_format(fmt), task=options.task, granularities=("word", "segment"))
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Path | BinaryIO]:
+    """What the decoder reads for `path`: a regular file by its path, anything else as a stream.
+
+    Standard input (`-`), pipes, FIFOs and process substitutions (`<(...)`, `/dev/fd/N`) can be read
+    once only, and only by this process, so they are read here and streamed to the decoder.
+    Unreadable files fail here, with the system's reason, rather than in the decoder process.
+    """
+    if str(path) == STDIN:
+        yield sys.stdin.buffer
+        return
+    with path.open("rb") as handle:
+        yield path.resolve() if stat.S_ISREG(os.fstat(handle.fileno()).st_mode) else handle
 
 
 class _AudioProgress:
@@ -146,16 +217,10 @@ class _AudioProgress:
             self._bar.close()
 
 
-def _write(  # noqa: PLR0917  (one call site)
-    text: str, path: Path, name: str | None, out_dir: Path | None, stdout: TextIO, fmt: str, *, several: bool
-) -> None:
-    body = text if text.endswith("\n") else text + "\n"
-    if out_dir is not None:
-        (out_dir / f"{name or _stem(path)}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
-        return
+def _print(text: str, path: Path, stdout: TextIO, *, several: bool) -> None:
     if several:
         stdout.write(f"==> {path} <==\n")
-    stdout.write(body)
+    stdout.write(text if text.endswith("\n") else text + "\n")
     stdout.flush()
 
 
@@ -183,10 +248,10 @@ def _stem(path: Path) -> str:
     return "stdin" if str(path) == STDIN else path.stem
 
 
-def _progress(paths: list[Path], stream: TextIO) -> Iterable[Path]:
-    """`paths`, wrapped in a progress bar on stderr when it is a terminal and there is more than one file."""
-    if len(paths) < 2 or not stream.isatty():  # noqa: PLR2004
-        return paths
+def _progress(files: list[tuple[Path, str | None]], stream: TextIO) -> Iterable[tuple[Path, str | None]]:
+    """`files`, wrapped in a progress bar on stderr when it is a terminal and there is more than one file."""
+    if len(files) < 2 or not stream.isatty():  # noqa: PLR2004
+        return files
     from tqdm import tqdm
 
-    return cast("Iterable[Path]", tqdm(paths, file=stream, unit="file"))
+    return cast("Iterable[tuple[Path, str | None]]", tqdm(files, file=stream, unit="file"))

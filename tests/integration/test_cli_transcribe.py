@@ -252,3 +252,164 @@ def test_every_format_is_transcribed_and_hostile_files_are_refused(tmp_path: Pat
         text = (out / f"{path.stem}.txt").read_text(encoding="utf-8")
         assert text.endswith("\n"), path.name
         assert encoding.understood(text.removesuffix("\n"), spec.text), (path.name, text)
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_and_other_files_go_on(tmp_path: Path) -> None:
+    model = ("--model", str(MODELS / "parakeet-digits"))
+    clash = tmp_path / "a-file"
+    clash.write_text("", encoding="utf-8")
+    for out_dir in (clash, clash / "below"):
+        done = aviary("transcribe", str(AUDIO / "en-digits-3.wav"), *model, "--output-dir", str(out_dir))
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"aviary: error: [unwritable_output] Cannot write {out_dir}: "), done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    out = tmp_path / "out"
+    (out / "en-digits-3.txt").mkdir(parents=True)  # a directory where the first output would go
+    clips = [str(AUDIO / "en-digits-3.wav"), str(AUDIO / "en-digits-6.wav"), str(AUDIO / "en-digits-6.wav")]
+    done = aviary("transcribe", *clips, *model, "--output-dir", str(out))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"aviary: {clips[0]}: [unwritable_output] Cannot write {out / 'en-digits-3.txt'}: Is a directory."
+    ]
+    text = {c["clip"]: c["text"] + "\n" for c in golden("parakeet-digits")["cases"]}
+    written = {p.name: p.read_text(encoding="utf-8") for p in out.iterdir() if p.is_file()}
+    assert written == {"en-digits-6.wav.txt": text["en-digits-6.wav"], "en-digits-6-2.wav.txt": text["en-digits-6.wav"]}
+
+
+def test_pipes_fifos_and_odd_names_are_read_and_named_as_given(tmp_path: Path) -> None:
+    import threading
+
+    clip = (AUDIO / "en-digits-3.wav").read_bytes()
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with fifo.open("wb") as named:
+            named.write(clip)
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(clip)
+
+    odd = tmp_path / "odd\nname.wav"
+    odd.write_bytes(clip)
+    not_utf8 = os.fsencode(tmp_path) + b"/caf\xe9.wav"
+    Path(os.fsdecode(not_utf8)).write_bytes(clip)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    command = [
+        AVIARY,
+        "transcribe",
+        str(fifo),
+        f"/dev/fd/{read_end}",
+        not_utf8,
+        "--model",
+        str(MODELS / "parakeet-digits"),
+    ]
+    environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
+    done = subprocess.run(command, capture_output=True, timeout=300, env=environment, pass_fds=(read_end,), check=False)
+    os.close(read_end)
+    feeder.join()
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout.split(b"\n")[1::2] == [b"three one four"] * 3
+    assert done.stdout.split(b"\n")[4] == b"==> " + not_utf8 + b" <=="  # the name's own bytes
+    missing = aviary("transcribe", str(odd) + "-missing", "--model", str(MODELS / "parakeet-digits"))
+    assert missing.stderr == f"aviary: {tmp_path}/odd\\nname.wav-missing: [unreadable_file] No such file or directory\n"
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly() -> None:
+    clips = [str(AUDIO / "en-digits-3.wav")] * 3
+    environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
+    command = [AVIARY, "transcribe", *clips, "--model", str(MODELS / "parakeet-digits")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment) as process:
+        assert process.stdout is not None
+        process.stdout.close()  # as `| head -0` does
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert stderr == b""
+
+
+def test_bad_settings_and_flags_are_one_line_before_anything_loads() -> None:
+    clip = str(AUDIO / "en-digits-3.wav")
+    for env, flags, expected in [
+        ({"AVIARY_DEVICE": "gpu"}, (), "AVIARY_DEVICE or --device 'gpu': Input should be 'auto', 'cpu' or 'cuda'"),
+        ({}, ("--threads", "-1"), "AVIARY_THREADS or --threads -1: Input should be greater than or equal to 0"),
+        ({"AVIARY_ALIASES": "{nope"}, (), "AVIARY_ALIASES is not valid JSON (Expecting property name"),
+    ]:
+        done = aviary("transcribe", clip, *flags, env=env)
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"aviary: error: [invalid_option] invalid settings: {expected}"), done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    secret = aviary("models", "list", env={"AVIARY_DATABASE_URL": "postgresql://u:hunter2@h/db", "AVIARY_THREADS": "x"})
+    assert "[invalid_option]" in secret.stderr
+    assert "hunter2" not in secret.stderr
+    done = aviary("transcribe", clip, "--target-language", "de")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        "--target-language is the language of a translation: give it with --task translate"
+    )
+
+
+def test_registry_models_are_checked_before_they_are_fetched_and_pull_respects_offline(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_error(503)
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    env = {
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}",
+        "HF_HUB_DISABLE_XET": "1",
+    }
+    clip = str(AUDIO / "en-digits-3.wav")
+    try:
+        language = aviary("transcribe", clip, "--model", "canary-180m-flash", "--language", "ja", env=env)
+        assert language.stderr.startswith("aviary: error: [unsupported_language]"), language.stderr
+        task = aviary("transcribe", clip, "--model", "parakeet", "--task", "translate", env=env)
+        assert task.stderr.startswith("aviary: error: [unsupported_task]"), task.stderr
+        assert asked == []
+        offline = aviary("models", "pull", "canary-180m-flash", env={**env, "AVIARY_OFFLINE": "1"})
+        assert offline.returncode == 1
+        assert "is not in the Hugging Face cache and downloads are off" in offline.stderr
+        assert asked == []
+        online = aviary("models", "pull", "canary-180m-flash", env=env)
+        assert online.returncode == 1
+        assert online.stderr.startswith("aviary: error: [model_unavailable] The model 'canary-180m-flash'")
+        assert "downloads are off" not in online.stderr
+        assert "downloading istupakov/canary-180m-flash-onnx failed" in online.stderr
+        assert asked  # it did try
+    finally:
+        hub.shutdown()
+        hub.server_close()
+
+
+def test_silence_has_the_language_the_model_writes_and_a_missing_quantization_is_said(tmp_path: Path) -> None:
+    silence = tmp_path / "silence.wav"
+    import soundfile
+
+    soundfile.write(silence, np.zeros(16_000 * 45, dtype=np.float32), 16_000)
+    done = aviary(
+        "transcribe",
+        str(silence),
+        "--model",
+        str(MODELS / "canary-digits"),
+        "--format",
+        "verbose_json",
+        "--quantization",
+        "int8",
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert (body["text"], body["language"], body["duration"]) == ("", "english", 45.0)
+    assert "has no *.int8.onnx files: running its full-precision graphs" in done.stderr

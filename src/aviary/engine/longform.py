@@ -227,8 +227,10 @@ def place(transcript: Transcript, span: Span) -> Transcript:
     return Transcript(text, span.seconds, transcript.language, words, tuple(segments), tokens, timestamps=True)
 
 
-def join(parts: Sequence[Transcript], seconds: float) -> Transcript:
+def join(parts: Sequence[Transcript], seconds: float, language: str | None = None) -> Transcript:
     """One transcript of placed chunks, in order, over `seconds` of audio.
+
+    Its language is the first a chunk names, else `language` (what the model writes: silence has no chunk).
 
     No time runs past the end of the audio: a token's duration can reach beyond the last frame
     (a word cut off by the end of the recording), and a subtitle should not outlast its media.
@@ -254,7 +256,7 @@ def join(parts: Sequence[Transcript], seconds: float) -> Transcript:
     return Transcript(
         text=" ".join(p.text for p in parts if p.text),
         duration=seconds,
-        language=next((p.language for p in parts if p.language), None),
+        language=next((p.language for p in parts if p.language), language),
         words=tuple(within(w) for w in words),
         segments=tuple(segment_within(s) for s in segments),
         tokens=parts[0].tokens if len(parts) == 1 else (),
@@ -271,8 +273,11 @@ def transcribe_stream(
     on_part: Callable[[Transcript], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
     preparing: Callable[[], AbstractContextManager[object]] | None = None,
+    language: str | None = None,
 ) -> Transcript:
     """Plan `blocks`, hand each chunk to `submit` (up to `ahead` waiting at once), and join the results.
+
+    `language` is the transcript's when no chunk names one (see `join`).
 
     `preparing` is held while the next chunk is planned (the batcher's hint that one is coming).
 
@@ -301,7 +306,7 @@ def transcribe_stream(
             future.cancel()
     if on_progress is not None:
         on_progress(planner.seconds)
-    return join(parts, planner.seconds)
+    return join(parts, planner.seconds, language)
 
 
 def _done(
@@ -405,4 +410,5 @@ def transcribe_source(
         on_part=on_part,
         on_progress=on_progress,
         preparing=batcher.preparing,
+        language=batcher.engine.info.written_language(options),
     )

@@ -128,6 +128,8 @@ def read_model_dir(path: Path, name: str, quantization: str | None = None) -> Mo
         if found is None:
             raise InvalidModelError(name, f"{stem}.onnx is missing")
         files[stem] = found
+    if quantization and not any(f.name.endswith(f".{quantization}.onnx") for f in files.values()):
+        logger.warning("%s has no *.%s.onnx files: running its full-precision graphs", name, quantization)
     return ModelDir(path, model_type, config, vocab, files)
 
 

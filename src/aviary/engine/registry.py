@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from aviary.engine.base import ModelInfo
 from aviary.engine.batcher import Batcher
 from aviary.engine.onnx import RuntimeOptions, load_onnx_engine
 from aviary.errors import AviaryError, InvalidModelError, ModelNotFoundError, ModelUnavailableError
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aviary.config import Settings
-    from aviary.engine.base import Engine, EngineName
+    from aviary.engine.base import Engine, EngineName, Family
+    from aviary.types import TranscribeOptions
 
 EUROPEAN = (
     "bg", "cs", "da", "de", "el", "en", "es", "et", "fi", "fr", "hr", "hu", "it",
@@ -47,6 +49,11 @@ class KnownModel:
     nemo_repo: str
     languages: tuple[str, ...]
     description: str
+
+    def check(self, options: TranscribeOptions) -> None:
+        """Raise the `RequestError` the loaded model would raise for `options` (before fetching or loading it)."""
+        family: Family = "aed" if self.name.startswith("canary") else "tdt"
+        ModelInfo(self.name, "onnx", family, "cpu", self.languages, translation=family == "aed").check(options)
 
 
 KNOWN: dict[str, KnownModel] = {
@@ -224,6 +231,7 @@ class Registry:
         """
         if source.kind != "hub":
             return Path(source.location)
+        from huggingface_hub import constants as hf_constants
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -236,9 +244,12 @@ class Registry:
         except RepositoryNotFoundError as exc:
             raise ModelNotFoundError(source.location) from exc
         except LocalEntryNotFoundError as exc:
-            raise ModelUnavailableError(
-                source.name, "it is not in the Hugging Face cache and downloads are off"
-            ) from exc
+            reason = (
+                "it is not in the Hugging Face cache and downloads are off"
+                if offline or hf_constants.HF_HUB_OFFLINE
+                else f"it is not in the Hugging Face cache and downloading {source.location} failed (no connection)"
+            )
+            raise ModelUnavailableError(source.name, reason) from exc
         except (HfHubHTTPError, OSError) as exc:
             raise ModelUnavailableError(source.name, f"downloading {source.location} failed") from exc
         if source.engine == "nemo":
