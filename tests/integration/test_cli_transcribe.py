@@ -16,10 +16,11 @@ import srt
 from tests.support.fixtures import AUDIO, MODELS, golden
 from tests.support.hub import add_onnx_model
 from tests.support.longaudio import encode_mp3, long_recording
-from tests.support.media import ENCODINGS, encode
+from tests.support.media import ENCODINGS, Encoding, encode
 from tools.fixtures import speech
 
 AVIARY = str(Path(sys.executable).with_name("aviary"))
+WAV = Encoding("wav", "wav", "pcm_s16le", rate=16_000)
 
 
 def aviary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -296,15 +297,8 @@ def test_pipes_fifos_and_odd_names_are_read_and_named_as_given(tmp_path: Path) -
     Path(os.fsdecode(not_utf8)).write_bytes(clip)
     feeder = threading.Thread(target=feed)
     feeder.start()
-    command = [
-        AVIARY,
-        "transcribe",
-        str(fifo),
-        f"/dev/fd/{read_end}",
-        not_utf8,
-        "--model",
-        str(MODELS / "parakeet-digits"),
-    ]
+    command: list[str | bytes] = [AVIARY, "transcribe", str(fifo), f"/dev/fd/{read_end}", not_utf8]
+    command += ["--model", str(MODELS / "parakeet-digits")]
     environment = {**os.environ, "AVIARY_THREADS": "1", "AVIARY_DEVICE": "cpu"}
     done = subprocess.run(command, capture_output=True, timeout=300, env=environment, pass_fds=(read_end,), check=False)
     os.close(read_end)
@@ -396,9 +390,7 @@ def test_registry_models_are_checked_before_they_are_fetched_and_pull_respects_o
 
 def test_silence_has_the_language_the_model_writes_and_a_missing_quantization_is_said(tmp_path: Path) -> None:
     silence = tmp_path / "silence.wav"
-    import soundfile
-
-    soundfile.write(silence, np.zeros(16_000 * 45, dtype=np.float32), 16_000)
+    silence.write_bytes(encode(np.zeros(16_000 * 45, dtype=np.float32), 16_000, WAV))
     done = aviary(
         "transcribe",
         str(silence),

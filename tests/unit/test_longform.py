@@ -228,6 +228,20 @@ def test_no_time_in_the_joined_transcript_runs_past_the_end_of_the_audio() -> No
     assert longform.join([last], 3.3).words[-1].end == pytest.approx(3.3)
 
 
+def test_at_a_seam_the_word_before_ends_where_the_next_one_starts() -> None:
+    before = (Word("a", 1.0, 1.4, 1.0), Word("b", 1.5, 2.06, 0.9))
+    after = (Word("c", 2.0, 2.3, 1.0), Word("d", 2.4, 2.6, 1.0))
+    first = Transcript("a b", 2.1, None, before, (Segment("a b", 1.0, 2.06, before),))
+    second = Transcript("c d", 3.0, None, after, (Segment("c d", 2.0, 2.6, after),))
+    joined = longform.join([first, second], 3.0)
+    ended = Word("b", 1.5, 2.0, 0.9)
+    assert joined.words == (before[0], ended, *after)
+    assert joined.segments == (Segment("a b", 1.0, 2.0, (before[0], ended)), second.segments[0])
+    later = tuple(Word(w.word, w.start + 0.1, w.end + 0.1, w.confidence) for w in after)
+    apart = longform.join([first, Transcript("c d", 3.0, None, later, (Segment("c d", 2.1, 2.7, later),))], 3.0)
+    assert apart.words == (*before, *later)  # nothing to resolve
+
+
 def test_checkpointed_parts_come_back_equal() -> None:
     audio, _ = bursts(30)
     transcript = BurstEngine().transcribe([audio], [OPTIONS])[0]

@@ -251,8 +251,7 @@ def join(parts: Sequence[Transcript], seconds: float, language: str | None = Non
         only = parts[0]
         words, segments = only.words, only.segments
     else:
-        words = tuple(w for p in parts for w in p.words)
-        segments = tuple(s for p in parts for s in p.segments)
+        words, segments = _in_order(parts)
     return Transcript(
         text=" ".join(p.text for p in parts if p.text),
         duration=seconds,
@@ -262,6 +261,31 @@ def join(parts: Sequence[Transcript], seconds: float, language: str | None = Non
         tokens=parts[0].tokens if len(parts) == 1 else (),
         timestamps=all(p.timestamps for p in parts),
     )
+
+
+def _in_order(parts: Sequence[Transcript]) -> tuple[tuple[Word, ...], tuple[Segment, ...]]:
+    """The parts' words and segments, each ending no later than the next one starts.
+
+    Two chunks that overlap each keep the words whose middles fall on their side, and the word
+    before the seam can still end after the one behind it starts (each chunk's model heard only
+    its own side of it): that word, and its segment, end where the next begins.
+    """
+    words: list[Word] = []
+    segments: list[Segment] = []
+    for part in parts:
+        if words and part.words and words[-1].end > part.words[0].start:
+            last, first = words[-1], part.words[0]
+            words[-1] = Word(last.word, min(last.start, first.start), first.start, last.confidence)
+            if segments and segments[-1].words and segments[-1].words[-1] == last:
+                segment = segments[-1]
+                segments[-1] = Segment(segment.text, segment.start, words[-1].end, (*segment.words[:-1], words[-1]))
+        if segments and part.segments and segments[-1].end > part.segments[0].start:
+            segment = segments[-1]
+            end = max(segment.start, part.segments[0].start)
+            segments[-1] = Segment(segment.text, segment.start, end, segment.words)
+        words.extend(part.words)
+        segments.extend(part.segments)
+    return tuple(words), tuple(segments)
 
 
 def transcribe_stream(
