@@ -129,6 +129,32 @@ def test_short_requests_are_not_starved_by_a_long_job() -> None:
     assert done_before <= 8, done_before  # the short one went into the second batch, not after the job
 
 
+def test_a_short_request_waits_one_batch_at_most_behind_a_long_callers_chunks() -> None:
+    """A long synchronous request keeps dozens of 30 s chunks queued: a 2 s request that comes while
+    they run must not be held back for padding until the long one is done."""
+    gate = Gate()
+    engine = FakeEngine(text=gate, delay=0.02)
+    batcher = Batcher(engine, max_batch=4)
+    try:
+        long = [batcher.submit(_tone(30.0), OPTIONS, owner="long-request") for _ in range(32)]
+        assert gate.entered.wait(10)
+        shorts = [batcher.submit(_tone(2.0), OPTIONS)]
+        gate.opened.set()
+        shorts[0].result(10)
+        first = sum(f.done() for f in long)
+        shorts.append(batcher.submit(_tone(2.0), OPTIONS))
+        shorts[1].result(10)
+        second = sum(f.done() for f in long)
+        for future in long:
+            future.result(30)
+    finally:
+        batcher.close()
+    assert first <= 8, first  # the running batch and the next: 2 batches of 4
+    # The batch running when it came, the one it waited out (the long caller's turn), and its own.
+    assert second - first <= 12, (first, second)
+    assert second < 32
+
+
 def test_a_batch_keeps_lengths_close_and_sends_the_short_ones_next() -> None:
     gate = Gate()
     engine = FakeEngine(text=gate)

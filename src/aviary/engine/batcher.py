@@ -13,11 +13,13 @@ runs them as one engine call:
   and the engine waits at most a fraction of what a half-empty batch would cost.
 - **Fair between callers.** Items are queued per owner (a request, a job); a batch takes them
   round-robin, oldest owner first, so one 10-hour job's chunks cannot starve short requests.
-- **Little padding, bounded memory.** Among the items chosen, those shorter than half the longest
-  wait for the next batch (at the front of their owner's queue), unless that would leave the batch
-  with one item; and a batch holds at most `max_seconds` of padded audio (items x the longest), which
-  bounds how long one batch runs (so how long a request waits behind another's) and, for engines
-  that encode a batch whole, its memory. An item longer than that runs alone.
+- **Little padding, bounded memory.** Among the items chosen, those more than twice as long as the
+  first (the longest-waiting owner's), then those shorter than half the longest left, wait for the
+  next batch (at the front of their owner's queue, and first in line), unless that would leave the
+  batch with one item: lengths alternate, and nobody waits more than one batch for it. A batch
+  holds at most `max_seconds` of padded audio (items x the longest), which bounds how long one
+  batch runs (so how long a request waits behind another's) and, for engines that encode a batch
+  whole, its memory. An item longer than that runs alone.
 - **One failure fails one item.** When a batch raises, each of its items is run alone, and only
   the ones that fail again get the error.
 - **Cancelling a caller removes its pending items**: `Future.cancel()` on an item not yet taken, or
@@ -219,9 +221,18 @@ class Batcher:
         return keep
 
     def _shape(self, chosen: list[_Item]) -> list[_Item]:
-        """The items of `chosen` that run now: similar lengths, within the padded-audio cap."""
-        longest = max((len(item.audio) for item in chosen), default=0)
-        keep = [item for item in chosen if 2 * len(item.audio) >= longest]
+        """The items of `chosen` that run now: similar lengths, within the padded-audio cap.
+
+        The first item, the longest-waiting caller's, always runs: only items more than twice its
+        length wait, then those under half the longest left. So a short request behind a long
+        caller's chunks waits one batch at most, and the long ones go next.
+        """
+        if not chosen:
+            return chosen
+        anchor = len(chosen[0].audio)
+        near = [item for item in chosen if len(item.audio) <= 2 * anchor]
+        longest = max(len(item.audio) for item in near)
+        keep = [item for item in near if 2 * len(item.audio) >= longest]
         if len(keep) <= 1:
             keep = chosen
         if self.max_samples:  # padded size: every item takes the longest one's length
