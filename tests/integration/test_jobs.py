@@ -26,8 +26,10 @@ from aviary.jobs.workflows import MAX_ATTEMPTS
 from aviary.types import SAMPLE_RATE
 from tests.support.fixtures import AUDIO, MODELS, clip
 from tests.support.jobs import CHUNK_SECONDS, Jobs, chunked, recording, status_of, submit, until
+from tests.support.longaudio import long_recording
 from tests.support.media import cut_mp3
 from tests.support.server import AVIARY, free_port, server
+from tools.fixtures import speech
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -188,6 +190,18 @@ def test_a_cancelled_running_job_stops_within_seconds(jobs: Jobs, tmp_path: Path
     until(jobs, next_id, {"completed"}, seconds=30)  # the worker moved on
     assert time.monotonic() - cancelled_at < 30
     assert not (jobs.data_dir / "jobs" / f"{job_id}.f32").exists()
+
+
+def test_a_job_without_pauses_joins_its_windows_as_the_sync_path_does(jobs: Jobs, tmp_path: Path) -> None:
+    """A minute with no pause, in windows of 10 s: each chunk, a step of its own, resolves its seam
+    with the one before from that chunk's checkpoint, as the sync path does in memory."""
+    unbroken = long_recording(70, seed=23, unbroken=((2.0, 60.0),))  # a seam where windows disagree
+    path = tmp_path / "unbroken.wav"
+    speech.write_wav(path, unbroken.audio)
+    status = until(jobs, submit(jobs, path)["job_id"], {"completed", "failed"})
+    assert status["status"] == "completed", status
+    assert status["result"]["text"] == chunked(path)
+    assert status["result"]["text"] == unbroken.text  # each word once (without the seams: one twice)
 
 
 def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) -> None:

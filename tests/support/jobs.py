@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from aviary.engine.base import Engine
+    from aviary.types import Audio, Transcript
 
 CLIPS = ("en-digits-3.wav", "en-digits-6.wav", "en-digits-10.wav", "en-digits-seven.wav")
 TEXT = {case["clip"]: case["text"] for case in golden("parakeet-digits")["cases"]}
@@ -54,14 +56,15 @@ def engine() -> Engine:
 
 
 def chunked(path: Path) -> str:
-    """What a job must answer for `path`: the engine on each planned chunk, joined (exactly, nothing twice)."""
+    """What a job must answer for `path`: the engine on each planned chunk, joined as the sync path joins them."""
     audio, _ = speech.read_wav(path)
-    planner = longform.Planner(longform.Chunking(max_seconds=CHUNK_SECONDS))
-    parts = [
-        longform.place(engine().transcribe([piece], [TranscribeOptions()])[0], span)
-        for span, piece in planner.plan([audio])
-    ]
-    return longform.join(parts, planner.seconds).text
+
+    def transcribe(piece: Audio) -> Future[Transcript]:
+        future: Future[Transcript] = Future()
+        future.set_result(engine().transcribe([piece], [TranscribeOptions()])[0])
+        return future
+
+    return longform.transcribe_stream([audio], transcribe, chunking=longform.Chunking(max_seconds=CHUNK_SECONDS)).text
 
 
 def submit(api: Jobs, path: Path, **headers: str) -> dict[str, Any]:

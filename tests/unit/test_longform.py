@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from aviary.types import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Wo
 from tests.support.longaudio import long_recording
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     import numpy.typing as npt
 
@@ -103,10 +104,12 @@ def run(audio: Audio, chunking: longform.Chunking, engine: BurstEngine | None = 
     batcher = Batcher(engine or BurstEngine(), max_batch=4)
     try:
         planner = longform.Planner(chunking, AlwaysSpeech())
-        parts = [
-            longform.place(batcher.submit(piece, OPTIONS).result(10), span)
-            for span, piece in planner.plan(blocks(audio))
-        ]
+        parts: list[Transcript] = []
+        seam = None
+        for span, piece in planner.plan(blocks(audio)):
+            heard = batcher.submit(piece, OPTIONS).result(10)
+            parts.append(longform.place(heard, span, seam))
+            seam = longform.seam(heard, span, seam)
         return longform.join(parts, planner.seconds)
     finally:
         batcher.close()
@@ -123,6 +126,38 @@ def test_a_word_cut_by_a_fixed_window_appears_exactly_once_at_its_time(max_secon
         assert got.end == pytest.approx(want.end, abs=1e-6)
     assert [w.word for s in merged.segments for w in s.words] == [w.word for w in truth]
     assert merged.duration == pytest.approx(len(audio) / SAMPLE_RATE)
+
+
+@dataclass
+class SkewedEngine(BurstEngine):
+    """Times each word `skew` seconds late in the second half of its input and early in the first (or
+    the other way round, with a negative skew): at an overlap's seam the two windows disagree on
+    the words they share, as two real decodings of different context do."""
+
+    skew: float = 0.12
+
+    def _one(self, audio: Audio) -> Transcript:
+        heard = super()._one(audio)
+        half = len(audio) / SAMPLE_RATE / 2
+        words = tuple(
+            Word(w.word, w.start + s, w.end + s, w.confidence)
+            for w in heard.words
+            for s in [self.skew if (w.start + w.end) / 2 >= half else -self.skew]
+        )
+        segments = (Segment(heard.text, words[0].start, words[-1].end, words),) if words else ()
+        return Transcript(heard.text, heard.duration, words=words, segments=segments)
+
+
+@pytest.mark.parametrize("skew", [0.12, -0.12])
+@pytest.mark.parametrize("max_seconds", [7.3, 10.0])
+def test_words_timed_differently_by_two_windows_still_appear_exactly_once(max_seconds: float, skew: float) -> None:
+    """Late in the window before and early in the one after, a word at the seam has its middle on
+    the wrong side for both (it would be lost); early then late, on the right side for both
+    (it would be doubled)."""
+    audio, truth = bursts(400)
+    merged = run(audio, longform.Chunking(max_seconds=max_seconds, overlap_seconds=2.0), SkewedEngine(skew=skew))
+    assert [w.word for w in merged.words] == [w.word for w in truth]
+    assert merged.text == " ".join(w.word for w in truth)
 
 
 def test_windows_overlap_and_own_the_timeline_once() -> None:
@@ -240,6 +275,41 @@ def test_at_a_seam_the_word_before_ends_where_the_next_one_starts() -> None:
     later = tuple(Word(w.word, w.start + 0.1, w.end + 0.1, w.confidence) for w in after)
     apart = longform.join([first, Transcript("c d", 3.0, None, later, (Segment("c d", 2.1, 2.7, later),))], 3.0)
     assert apart.words == (*before, *later)  # nothing to resolve
+
+
+def test_each_chunk_is_handed_on_as_soon_as_it_is_done_not_once_many_wait() -> None:
+    """Streaming events and progress bars follow the transcription, however many chunks may wait at once."""
+    recording = long_recording(150, seed=3)
+    read = 0
+
+    def stream() -> Iterator[Audio]:
+        nonlocal read
+        for block in blocks(recording.audio, SAMPLE_RATE):
+            read += 1
+            yield block
+
+    def done_at_once(piece: Audio) -> Future[Transcript]:
+        future: Future[Transcript] = Future()
+        future.set_result(Transcript("x", len(piece) / SAMPLE_RATE, timestamps=False))
+        return future
+
+    seen: list[int] = []
+    longform.transcribe_stream(stream(), done_at_once, ahead=32, on_part=lambda _: seen.append(read))
+    assert len(seen) >= 4  # 150 s in chunks of at most 30 s
+    assert seen[0] <= 70, seen  # the first chunk's words came out while the rest was still being read
+    assert seen == sorted(seen)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_audio_exactly_one_chunk_long_is_one_chunk(extra: int) -> None:
+    audio, _ = bursts(45)  # 15.75 s
+    planner = longform.Planner(longform.Chunking(max_seconds=14.0), AlwaysSpeech())
+    window = 14 * SAMPLE_RATE
+    spans = [span for span, _ in planner.plan(blocks(audio[: window + extra], 4_000))]  # the last block full
+    if extra:  # one sample more than a window: cut
+        assert len(spans) == 2
+    else:  # exactly one window: given whole
+        assert spans == [longform.Span(0, window, 0, longform.OPEN_END)]
 
 
 def test_checkpointed_parts_come_back_equal() -> None:

@@ -6,7 +6,9 @@ thirds of the window, or, where nobody paused, at the window's end with `overlap
 audio shared with the next chunk. Each chunk carries the span of the timeline whose words it owns
 (`Span.keep_*`): a pause cut gives both sides their own audio; an overlap is split in its middle,
 and a word belongs to the chunk that holds its midpoint, so a word cut by a window edge appears
-once, from the chunk that heard it whole. Chunks without speech are not transcribed, and the
+once, from the chunk that heard it whole (near the middle, where the two chunks time a word
+differently, the later chunk takes the words whose middles come after the earlier one's last:
+`place`). Chunks without speech are not transcribed, and the
 silence at a chunk's edges is trimmed (keeping `pad_seconds`), so silence costs almost nothing.
 Audio no longer than one chunk is never cut, trimmed or skipped: the model hears all of it, as it
 would without long-form, so a VAD miss cannot empty a short request.
@@ -21,6 +23,7 @@ checkpointed step per chunk.
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections import deque
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -50,6 +53,10 @@ if TYPE_CHECKING:
 OPEN_END: Final = 1 << 62
 """`Span.keep_end` of the last chunk: it owns every word after its start (a model may time the last
 word a frame past the audio's end)."""
+TAIL_SECONDS: Final = 3.0
+"""How much of a chunk's end its `Seam` holds: more than any overlap resolves (half of 2 s by default)."""
+PAIR_SECONDS: Final = 0.4
+"""How far apart two overlapping chunks may put the middles of one word they both heard (seen: up to 0.2 s)."""
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,10 @@ class Planner:
             self.samples += len(block)
             buffer = np.concatenate([buffer, block])
             unscored.append(block)
-            if len(buffer) >= window:
+            if len(buffer) > window:
                 probabilities = np.concatenate([probabilities, *(stream.feed(b) for b in unscored)])
                 unscored = []
-            while len(buffer) >= window:
+            while len(buffer) > window:  # audio exactly one chunk long is one chunk
                 cut, next_start = self._cut(probabilities, start, window, overlap)
                 next_keep = cut if next_start == cut else next_start + overlap // 2
                 chunk = self._chunk(buffer, probabilities, start, Span(start, cut, keep, next_keep))
@@ -187,10 +194,39 @@ def _longest_run(mask: npt.NDArray[np.bool_]) -> tuple[int, int] | None:
     return int(starts[best]), int(ends[best])
 
 
-def place(transcript: Transcript, span: Span) -> Transcript:
+@dataclass(frozen=True)
+class Seam:
+    """A chunk's last words, and whether each is in the transcript already.
+
+    The words of its last `TAIL_SECONDS`, on the recording's clock, each kept by it or by a chunk
+    before it, or not: what the next chunk, where it overlaps this one, aligns its first words with
+    (`place`).
+    """
+
+    words: tuple[Word, ...] = ()
+    placed: tuple[bool, ...] = ()
+
+    def to_list(self) -> list[list[Any]]:
+        """As JSON-able data (a job's checkpoint)."""
+        return [[w.word, w.start, w.end, w.confidence, kept] for w, kept in zip(self.words, self.placed, strict=True)]
+
+    @classmethod
+    def from_list(cls, values: Sequence[Sequence[Any]]) -> Seam:
+        """Back from `to_list`."""
+        words = tuple(Word(str(v[0]), float(v[1]), float(v[2]), float(v[3])) for v in values)
+        return cls(words, tuple(bool(v[4]) for v in values))
+
+
+def place(transcript: Transcript, span: Span, before: Seam | None = None) -> Transcript:
     """The chunk's transcript on the recording's clock, with only the words `span` keeps.
 
-    A model without word times keeps its whole text (its chunks are never overlapped).
+    A word is kept when its middle lies in [keep_start, keep_end). Where this chunk overlaps the
+    window before it (a cut with no pause), the two models time a word at the seam differently
+    (by 0.05-0.2 s), so one boundary for both could drop a word both put on the other's side, or
+    keep one both put on their own. There, given the chunk before's `Seam`, the words both heard
+    are paired (in order, by text, middles within `PAIR_SECONDS`), and this chunk keeps a paired
+    word exactly when the chunk before did not. A model without word times keeps its whole text (its
+    chunks are never overlapped).
     """
     offset = span.start / SAMPLE_RATE
     low, high = span.keep_start / SAMPLE_RATE, span.keep_end / SAMPLE_RATE
@@ -198,20 +234,23 @@ def place(transcript: Transcript, span: Span) -> Transcript:
     def shift(word: Word) -> Word:
         return Word(word.word, word.start + offset, word.end + offset, word.confidence)
 
-    def kept(start: float, end: float) -> bool:
-        return low <= (start + end) / 2 < high
-
     if not transcript.timestamps or not transcript.segments:
         text = transcript.text.strip()
         whole = (Segment(text, offset, offset + span.seconds),) if text else ()
         return Transcript(text, span.seconds, transcript.language, (), whole, transcript.tokens, timestamps=False)
+    heard = [shift(w) for w in transcript.words]
+    owned = {_key(w) for w, own in zip(heard, _owned(heard, span, before), strict=True) if own}
+
+    def kept(word: Word) -> bool:
+        return _key(word) in owned
+
     segments: list[Segment] = []
     trimmed = False
     for segment in transcript.segments:
         words = tuple(shift(w) for w in segment.words)
-        keep = tuple(w for w in words if kept(w.start, w.end))
+        keep = tuple(w for w in words if kept(w))
         if not words:
-            if kept(segment.start + offset, segment.end + offset):
+            if low <= offset + (segment.start + segment.end) / 2 < high:
                 segments.append(Segment(segment.text, segment.start + offset, segment.end + offset))
             else:
                 trimmed = True
@@ -221,10 +260,47 @@ def place(transcript: Transcript, span: Span) -> Transcript:
             trimmed = True
             if keep:
                 segments.append(Segment(" ".join(w.word for w in keep), keep[0].start, keep[-1].end, keep))
-    words = tuple(shift(w) for w in transcript.words if kept(w.start + offset, w.end + offset))
+    words = tuple(w for w in heard if kept(w))
     text = " ".join(s.text.strip() for s in segments if s.text.strip()) if trimmed else transcript.text.strip()
     tokens = () if trimmed else transcript.tokens
     return Transcript(text, span.seconds, transcript.language, words, tuple(segments), tokens, timestamps=True)
+
+
+def seam(transcript: Transcript, span: Span, before: Seam | None = None) -> Seam:
+    """The `Seam` the chunk after this one aligns with (`transcript` as the model gave it, unplaced)."""
+    offset = span.start / SAMPLE_RATE
+    heard = [Word(w.word, w.start + offset, w.end + offset, w.confidence) for w in transcript.words]
+    owned = _owned(heard, span, before)
+    low, high = span.keep_start / SAMPLE_RATE, span.keep_end / SAMPLE_RATE
+    tail = [(w, own or _middle(w) < low) for w, own in zip(heard, owned, strict=True)]
+    tail = [(w, placed) for w, placed in tail if _middle(w) >= min(high, offset + span.seconds) - TAIL_SECONDS]
+    return Seam(tuple(w for w, _ in tail), tuple(p for _, p in tail))
+
+
+def _owned(heard: Sequence[Word], span: Span, before: Seam | None) -> list[bool]:
+    """Whether the chunk keeps each word it heard (on the recording's clock): see `place`."""
+    low, high = span.keep_start / SAMPLE_RATE, span.keep_end / SAMPLE_RATE
+    owned = [low <= _middle(w) < high for w in heard]
+    if before is None or not before.words or span.keep_start <= span.start:  # a pause cut: nothing shared
+        return owned
+    reach = before.words[-1].end
+    shared = next((i for i, w in enumerate(heard) if w.start >= reach), len(heard))  # heard by both
+    texts = [w.word for w in before.words], [w.word for w in heard[:shared]]
+    matcher = difflib.SequenceMatcher(None, *texts, autojunk=False)
+    for tag, a1, a2, b1, b2 in matcher.get_opcodes():
+        if tag == "equal" or (tag == "replace" and a2 - a1 == b2 - b1):  # one word each, heard alike or not
+            for i, j in zip(range(a1, a2), range(b1, b2), strict=True):
+                if abs(_middle(before.words[i]) - _middle(heard[j])) <= PAIR_SECONDS:
+                    owned[j] = not before.placed[i] and _middle(heard[j]) < high
+    return owned
+
+
+def _middle(word: Word) -> float:
+    return (word.start + word.end) / 2
+
+
+def _key(word: Word) -> tuple[str, float, float]:
+    return word.word, word.start, word.end
 
 
 def join(parts: Sequence[Transcript], seconds: float, language: str | None = None) -> Transcript:
@@ -311,7 +387,7 @@ def transcribe_stream(
     """
     planner = Planner(chunking)
     waiting: deque[tuple[Span, Future[Transcript]]] = deque()
-    parts: list[Transcript] = []
+    joiner = _Joiner(on_part, on_progress)
     chunks = planner.plan(blocks)
     try:
         while True:
@@ -321,30 +397,37 @@ def transcribe_stream(
                     waiting.append((chunk[0], submit(chunk[1])))
             if chunk is None:
                 break
-            while len(waiting) >= max(1, ahead):
-                parts.append(_done(waiting.popleft(), on_part, on_progress))
+            while waiting and (len(waiting) >= max(1, ahead) or waiting[0][1].done()):  # in order, as soon as done
+                joiner.add(*waiting.popleft())
         while waiting:
-            parts.append(_done(waiting.popleft(), on_part, on_progress))
+            joiner.add(*waiting.popleft())
     finally:
         for _, future in waiting:
             future.cancel()
     if on_progress is not None:
         on_progress(planner.seconds)
-    return join(parts, planner.seconds, language)
+    return join(joiner.parts, planner.seconds, language)
 
 
-def _done(
-    item: tuple[Span, Future[Transcript]],
-    on_part: Callable[[Transcript], None] | None,
-    on_progress: Callable[[float], None] | None,
-) -> Transcript:
-    span, future = item
-    part = place(future.result(), span)
-    if on_part is not None:
-        on_part(part)
-    if on_progress is not None:
-        on_progress(min(span.keep_end, span.end) / SAMPLE_RATE)
-    return part
+class _Joiner:
+    """Places each chunk's transcript, in order, against the seam of the one before."""
+
+    def __init__(
+        self, on_part: Callable[[Transcript], None] | None, on_progress: Callable[[float], None] | None
+    ) -> None:
+        self.parts: list[Transcript] = []
+        self._seam: Seam | None = None
+        self._on_part, self._on_progress = on_part, on_progress
+
+    def add(self, span: Span, future: Future[Transcript]) -> None:
+        heard = future.result()
+        part = place(heard, span, self._seam)
+        self._seam = seam(heard, span, self._seam)
+        self.parts.append(part)
+        if self._on_part is not None:
+            self._on_part(part)
+        if self._on_progress is not None:
+            self._on_progress(min(span.keep_end, span.end) / SAMPLE_RATE)
 
 
 def dump(transcript: Transcript) -> dict[str, Any]:

@@ -144,8 +144,12 @@ def _watched(rt: Runtime, job_id: str, upload: Path) -> Iterator[Audio]:
 
 
 @DBOS.step()
-def transcribe_chunk(job_id: str, span_values: list[int]) -> dict[str, Any] | None:
-    """Transcribe one planned chunk (its span, and where its samples start in the job's file). None: the job ended."""
+def transcribe_chunk(job_id: str, span_values: list[int], before: list[Any] | None = None) -> dict[str, Any] | None:
+    """Transcribe one planned chunk (its span, and where its samples start in the job's file). None: the job ended.
+
+    `before`: the seam of the chunk before (`longform.Seam`), where this one overlaps it; the part
+    returned carries its own under "seam".
+    """
     rt = _rt()
     job = rt.store.get(job_id)
     if job is None or job.status in TERMINAL or not _tried(rt, job_id):
@@ -165,7 +169,10 @@ def transcribe_chunk(job_id: str, span_values: list[int]) -> dict[str, Any] | No
         return None
     rt.store.update(job_id, processed_seconds=min(span.keep_end, span.end) / SAMPLE_RATE)
     rt.store.attempted(job_id)
-    return longform.dump(longform.place(transcript, span))
+    seam = longform.Seam.from_list(before) if before else None
+    return longform.dump(longform.place(transcript, span, seam)) | {
+        "seam": longform.seam(transcript, span, seam).to_list()
+    }
 
 
 @DBOS.step()
@@ -192,9 +199,9 @@ def finish(job_id: str, seconds: float, parts: list[dict[str, Any]]) -> None:
 def transcribe_job(job_id: str) -> None:
     """The job's workflow: prepare, every chunk with speech, finish (each a checkpointed step)."""
     plan = prepare(job_id)
-    parts = []
+    parts: list[dict[str, Any]] = []
     for span in plan["spans"] if plan is not None else []:
-        part = transcribe_chunk(job_id, span)
+        part = transcribe_chunk(job_id, span, parts[-1].get("seam") if parts else None)
         if part is None:
             break
         parts.append(part)
