@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     """Every knob of Aviary, with defaults that run a single machine with no configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AVIARY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+        env_prefix="AVIARY_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+        allow_inf_nan=False,  # an infinite cap or interval is refused at start, not at the first request
     )
 
     model: str = Field(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+from pydantic import ValidationError
+
 from aviary.config import Settings
 
 if TYPE_CHECKING:
@@ -15,3 +18,12 @@ def test_job_polling_is_slow_on_sqlite_and_fast_where_dbos_backs_off_between_wor
     postgres = "postgresql://aviary@db.internal:5432/aviary"
     assert Settings(database_url=postgres).job_poll() == 0.02
     assert Settings(database_url=postgres, job_poll_seconds=1.5).job_poll() == 1.5
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_infinite_or_nan_caps_and_intervals_are_refused_at_start(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AVIARY_BATCH_MAX_SECONDS", "AVIARY_DECODE_TIMEOUT", "AVIARY_MAX_AUDIO_SECONDS"):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError, match="finite number"):
+            Settings()
+        monkeypatch.delenv(name)
