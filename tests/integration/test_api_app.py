@@ -268,6 +268,10 @@ def test_text_fields_are_bounded(app: TestClient) -> None:
     error = response.json()["error"]
     assert (response.status_code, error["code"], error["param"]) == (400, "invalid_request", "language")
     assert error["message"] == "The field 'language' is too long: text fields may hold 65536 bytes in all."
+    response = app.post("/transcribe", files={"file": ("a.wav", TONE)}, data={"language": "en\x00"})
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (400, "invalid_request")
+    assert error["message"] == "The request body is malformed: the field 'language' holds a NUL character."
     assert app.post("/transcribe", content=b"", headers={"Content-Length": "nan"}).status_code == 400
 
 
@@ -287,8 +291,10 @@ def test_the_first_file_is_used_and_others_are_ignored(app: TestClient, tmp_path
         ("name=\"file\"; filename*=UTF-8''Gr%C3%B6%C3%9Fe.wav", "Größe.wav"),  # RFC 5987 alone
         ('name="file"; filename="Größe.wav"', "Größe.wav"),  # browsers: UTF-8 as it is
         ('name="file"', ""),  # no name at all (curl -F "file=<a.wav"): still the file
+        ('name="file"; filename="nul\x00na\x01me.wav"', "nulname.wav"),  # control characters dropped
+        ("name=\"file\"; filename*=UTF-8''a%00b%0A.wav", "ab.wav"),  # however they are encoded
     ],
-    ids=["dotnet", "rfc2047", "rfc5987", "utf-8", "no filename"],
+    ids=["dotnet", "rfc2047", "rfc5987", "utf-8", "no filename", "control characters", "encoded controls"],
 )
 def test_the_file_and_its_name_as_clients_send_them(app: TestClient, disposition: str, filename: str) -> None:
     body = b"".join(

@@ -166,6 +166,9 @@ class _Receiver:
         if self._target is self._pending:
             self.form.file = Upload(self._path, part.filename or "", part.content_type, self._file_bytes)
         elif self._target is not None:
+            if b"\x00" in part.data:  # no field means a NUL, and databases refuse it in text
+                reason = f"the field {part.name!r} holds a NUL character"
+                raise MalformedRequestError(reason)
             self.form.fields.setdefault(part.name, []).append(part.data.decode("utf-8", "replace"))
         self._target = None
 
@@ -181,7 +184,16 @@ class _Receiver:
 
 
 def _client_filename(disposition: bytes, plain: bytes | None) -> str | None:
-    """The part's file name: RFC 5987 `filename*` if given, else `filename` (as python-multipart read it)."""
+    """The part's file name: RFC 5987 `filename*` if given, else `filename` (as python-multipart read it).
+
+    Control characters (NUL, newlines) are dropped: a name is only echoed back and stored, and
+    databases refuse NUL in text.
+    """
+    name = _named(disposition, plain)
+    return None if name is None else "".join(c for c in name if c.isprintable() or c == " ")
+
+
+def _named(disposition: bytes, plain: bytes | None) -> str | None:
     message = Message()
     message["content-disposition"] = disposition.decode("utf-8", "replace")
     params: list[tuple[str, Any]] = message.get_params([], header="content-disposition")  # RFC 2231: tuples

@@ -133,7 +133,11 @@ class Jobs:
             file_sha256=digest,
             idempotency_key=idempotency_key,
         )
-        stored = self.store.create(job)
+        try:
+            stored = self.store.create(job)
+        except BaseException:
+            kept.unlink(missing_ok=True)  # no job points at it
+            raise
         if stored.id != job_id:  # another request with the same key won the race
             kept.unlink(missing_ok=True)
             return _same_request(stored, digest, options), False
