@@ -193,7 +193,9 @@ def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(
     assert "raise ValueError(msg)" in caplog.text  # with the loader's traceback, for the operator
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(tmp_path: Path) -> None:
+def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     release = threading.Event()
     engine = FakeEngine(text=lambda _: "slow" if release.wait(60) else "never")
     with _client(tmp_path, engine, workers=1, max_queue=1) as client:
@@ -204,10 +206,14 @@ def test_a_full_queue_answers_503_with_retry_after_and_health_stays_responsive(t
                 thread.start()
             expected = {"running": 1, "waiting": 1, "workers": 1, "max_queue": 1}
             _until(lambda: client.get("/health").json()["queue"] == expected)  # answered while inference runs
-            busy = _post(client)
+            with caplog.at_level("INFO", logger="aviary.api"):
+                busy = _post(client)
             assert busy.status_code == 503
             assert busy.json()["error"]["code"] == "server_busy"
             assert int(busy.headers["retry-after"]) >= 1
+            refusals = [r for r in caplog.records if r.name == "aviary.api"]
+            assert [(r.levelname, r.exc_info) for r in refusals] == [("INFO", None)]  # load, not a fault
+            assert "POST /transcribe refused: [server_busy]" in refusals[0].getMessage()
         finally:
             release.set()
             for thread in threads:

@@ -82,7 +82,22 @@ def test_behind_a_proxy_that_strips_a_path_prefix() -> None:
         with (AUDIO / "en-digits-3.wav").open("rb") as file:
             url, headers = f"http://127.0.0.1:{port}/transcribe", {"Authorization": "Bearer k"}
             response = requests.post(url, files={"file": file}, headers=headers, timeout=60)
+        openai_errors = []
+        for fields in (
+            {"model": "bogus"},
+            {"model": "whisper-1", "temperature": "5"},
+        ):  # OpenAI's codes, not the seed's
+            with (AUDIO / "en-digits-3.wav").open("rb") as file:
+                answer = requests.post(
+                    f"http://127.0.0.1:{port}/v1/audio/transcriptions",
+                    files={"file": file},
+                    data=fields,
+                    headers=headers,
+                    timeout=60,
+                )
+            openai_errors.append((answer.status_code, answer.json()["error"]["code"]))
     assert response.json()["text"] == "three one four"
+    assert openai_errors == [(404, "model_not_found"), (400, "invalid_request")]
 
 
 def test_the_seeds_uvicorn_command_and_environment_still_work() -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from starlette.responses import JSONResponse
 
-from aviary.api.errors import error_body
+from aviary.api.errors import error_body, route_path
 from aviary.errors import AuthenticationError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass authorised requests and lifespan events on; answer the rest with 401."""
-        if scope["type"] != "http" or not self.keys or _route_path(scope) in OPEN_PATHS or self._authorised(scope):
+        if scope["type"] != "http" or not self.keys or route_path(scope) in OPEN_PATHS or self._authorised(scope):
             await self.app(scope, receive, send)
             return
         error = AuthenticationError()
@@ -52,10 +52,3 @@ class ApiKeyMiddleware:
         for key in self.keys:  # every key is compared, whatever matched
             matched |= hmac.compare_digest(token, key)
         return scheme.lower() == b"bearer" and matched
-
-
-def _route_path(scope: Scope) -> str:
-    """The path without the proxy's prefix (`root_path`), whether the proxy stripped it or not."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(f"{root}/") else path

@@ -36,8 +36,9 @@ from aviary.errors import (
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
+    from starlette.types import Scope
 
-__all__ = ["OPENAI_PREFIX", "error_body", "install", "status_of"]
+__all__ = ["OPENAI_PREFIX", "error_body", "install", "route_path", "status_of"]
 
 logger = logging.getLogger("aviary.api")
 
@@ -91,14 +92,17 @@ def error_body(
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AviaryError)  # noqa: S101  (registered for AviaryError only)
-    status = status_of(exc, request.url.path)
+    status = status_of(exc, route_path(request.scope))
     headers = {}
     if isinstance(exc, ServerBusyError):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
-    if status >= 500 and not isinstance(exc, JobFailedError):  # noqa: PLR2004  (a failed job was logged as it failed)
-        logger.error("%s %s failed: [%s] %s", request.method, request.url.path, exc.code, exc, exc_info=exc)
+    if isinstance(exc, ServerBusyError):  # load, not a fault: a flood of refusals is not a flood of tracebacks
+        logger.info("%s %s refused: [%s] %s", request.method, request.url.path, exc.code, exc)
+    elif status >= 500 and not isinstance(exc, JobFailedError):  # noqa: PLR2004  (a failed job was logged as it failed)
+        traceback = exc if status == 500 else None  # noqa: PLR2004  (503s say why in their message)
+        logger.error("%s %s failed: [%s] %s", request.method, request.url.path, exc.code, exc, exc_info=traceback)
     return JSONResponse(error_body(str(exc), exc.code, status, param=exc.param), status, headers=headers)
 
 
@@ -109,7 +113,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     location = [str(part) for part in first.get("loc", ()) if part not in {"body", "query", "path", "header"}]
     param = ".".join(location) or None
     message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "Invalid request."))
-    status = 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
+    status = 400 if route_path(request.scope).startswith(OPENAI_PREFIX) else 422
     detail = [{key: value for key, value in error.items() if key != "ctx"} for error in errors]
     return JSONResponse(error_body(message, "invalid_request", status, param=param, detail=detail), status)
 
@@ -143,3 +147,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def route_path(scope: Scope) -> str:
+    """The path without the proxy's prefix (`root_path`), whether the proxy stripped it or not."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(f"{root}/") else path
