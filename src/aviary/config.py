@@ -247,6 +247,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_when_set(cls, value: object) -> object:
+        """AVIARY_API_KEYS=" , " (set, yet no key) would serve without any: refused rather than guessed."""
+        if isinstance(value, str) and value.strip() and not [p for p in value.split(",") if p.strip()]:
+            msg = "holds separators but no key (leave it unset or empty for no keys)"
+            raise ValueError(msg)
+        return value
+
     @field_validator("root_path", mode="after")
     @classmethod
     def _one_leading_slash(cls, value: str) -> str:

@@ -204,6 +204,13 @@ def test_a_job_without_pauses_joins_its_windows_as_the_sync_path_does(jobs: Jobs
     assert status["result"]["text"] == unbroken.text  # each word once (without the seams: one twice)
 
 
+def test_what_jobs_keep_on_disk_is_readable_by_the_servers_user_only(jobs: Jobs, tmp_path: Path) -> None:
+    path, _ = recording(tmp_path, 2, seed=7)
+    until(jobs, submit(jobs, path)["job_id"], {"completed"})
+    for kept in ("jobs", "uploads", "aviary.sqlite"):  # decoded audio, uploads, transcripts
+        assert (jobs.data_dir / kept).stat().st_mode & 0o077 == 0, kept
+
+
 def test_kill_9_with_jobs_in_flight_loses_and_repeats_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     recordings = [recording(tmp_path, 6, seed=100 + i) for i in range(50)]  # 50 jobs, ~25 s (3 chunks) each

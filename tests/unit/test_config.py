@@ -27,3 +27,14 @@ def test_infinite_or_nan_caps_and_intervals_are_refused_at_start(value: str, mon
         with pytest.raises(ValidationError, match="finite number"):
             Settings()
         monkeypatch.delenv(name)
+
+
+def test_api_keys_that_are_set_but_hold_no_key_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVIARY_API_KEYS", " , ")
+    with pytest.raises(ValidationError, match="holds separators but no key"):
+        Settings()
+    for unset in ("", "  "):
+        monkeypatch.setenv("AVIARY_API_KEYS", unset)
+        assert Settings().api_keys == []
+    monkeypatch.setenv("AVIARY_API_KEYS", "a, ,b")
+    assert [k.get_secret_value() for k in Settings().api_keys] == ["a", "b"]

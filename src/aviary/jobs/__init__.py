@@ -67,7 +67,9 @@ class Jobs:
         from aviary.jobs import webhooks, workflows
 
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # uploads, audio and transcripts
+        if settings.database_url is None:  # SQLite: this process's own file (its -wal and -shm take its mode)
+            (settings.data_dir / "aviary.sqlite").touch(mode=0o600)
         url = settings.jobs_database_url()
         self._store = JobStore(url)
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
@@ -121,7 +123,7 @@ class Jobs:
                 return _same_request(existing, digest, options), False
         job_id = str(uuid.uuid4())
         kept = self.settings.data_dir / "uploads" / job_id
-        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.move(upload, kept)
         job = Job(
             id=job_id,

@@ -107,7 +107,7 @@ def prepare(job_id: str) -> dict[str, Any] | None:
         return None
     rt.store.update(job_id, status="processing", started_at=time.time())
     target = audio_file(rt.settings, job_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # decoded audio: readable by this user only
     spans: list[list[int]] = []
     written = 0
     try:
