@@ -123,7 +123,7 @@ def test_a_stalled_upload_is_refused_and_gives_its_place_back() -> None:
                 b"Content-Length: 100000\r\n\r\n" + head
             )
             started = time.monotonic()
-            assert get_json(port, "/health")[1]["queue"]["waiting"] == 1  # its place, held while it uploads
+            assert get_json(port, "/health")[1]["queue"]["waiting"] == 0  # an upload holds no place
             answer = http.client.HTTPResponse(client)
             answer.begin()
             waited = time.monotonic() - started
@@ -133,6 +133,32 @@ def test_a_stalled_upload_is_refused_and_gives_its_place_back() -> None:
         assert 1.5 < waited < 15
         queue = get_json(port, "/health")[1]["queue"]
         assert (queue["running"], queue["waiting"]) == (0, 0)
+
+
+def test_slow_uploads_do_not_keep_other_requests_from_running() -> None:
+    """Clients trickling their uploads (slow links, or a slowloris) hold no place in the queue."""
+    port = free_port()
+    model = str(MODELS / "parakeet-digits")
+    env = {"AVIARY_WORKERS": "1", "AVIARY_MAX_QUEUE": "0", "AVIARY_WARM_UP": "false"}
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+    with server([AVIARY, "serve", "--port", str(port), "--model", model], port, env):
+        until_settled(port)
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+        try:
+            for client in slow:
+                client.sendall(
+                    b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + head
+                )
+            time.sleep(0.5)
+            queue = get_json(port, "/health")[1]["queue"]
+            with (AUDIO / "en-digits-3.wav").open("rb") as file:
+                response = requests.post(f"http://127.0.0.1:{port}/transcribe", files={"file": file}, timeout=60)
+        finally:
+            for client in slow:
+                client.close()
+    assert (queue["running"], queue["waiting"]) == (0, 0)
+    assert (response.status_code, response.json()["text"]) == (200, "three one four")
 
 
 def test_a_port_in_use_is_reported_before_anything_loads() -> None:

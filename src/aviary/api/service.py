@@ -3,10 +3,12 @@
 The default model loads in a worker thread at start-up, so `/health` answers at once: `loading`,
 then `healthy`, or `degraded` with the reason (offline and not cached, a broken model directory).
 
-Every transcription request is admitted before its body is read: `workers` run at once (in threads,
-never on the event loop) and `max_queue` more wait; past that the request is refused with
+Every transcription request is admitted once its body has arrived: `workers` run at once (in
+threads, never on the event loop) and `max_queue` more wait; past that the request is refused with
 `ServerBusyError` (503, `Retry-After` from the recent time per request), so load turns into
-refusals, never into unbounded memory.
+refusals, never into unbounded memory. A request that comes while every place is taken is refused
+before its body is read (no upload in vain), but an upload in progress holds no place: a client
+sending slowly (or a slowloris) cannot keep the others' requests from running.
 """
 
 from __future__ import annotations
@@ -155,9 +157,8 @@ class Service:
         """How many requests run and wait now."""
         return Load(self._running, self._admitted - self._running, self.settings.workers, self.settings.max_queue)
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a place for one request (call on the event loop), or refuse it when every place is taken.
+    def check_room(self) -> None:
+        """Refuse a request now if every place is taken (call on the event loop); reserves nothing.
 
         Raises:
             ServerBusyError: `workers + max_queue` requests are already admitted.
@@ -166,6 +167,15 @@ class Service:
         if self._admitted >= settings.workers + settings.max_queue:
             waves = (self._admitted - self._running) / settings.workers + 1
             raise ServerBusyError(max(1, math.ceil(waves * self._seconds_per_request)))
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place for one request (call on the event loop), or refuse it when every place is taken.
+
+        Raises:
+            ServerBusyError: `workers + max_queue` requests are already admitted.
+        """
+        self.check_room()
         self._admitted += 1
         try:
             yield

@@ -70,10 +70,15 @@ async def transcribe(request: Request) -> SeedResult:
 
 @asynccontextmanager
 async def admitted_upload(request: Request) -> AsyncIterator[tuple[Service, Form]]:
-    """A place in the queue (or 503 at once), then the body read into a form; the upload is removed on exit."""
+    """The body read into a form, then a place in the queue; the upload is removed on exit.
+
+    A request is refused (503) before its body is read when the queue is full as it arrives, and
+    again once it is read if the queue filled meanwhile; an upload in progress holds no place.
+    """
     service: Service = request.app.state.service
-    with service.admit():
-        async with received_form(request, service.settings) as form:
+    service.check_room()
+    async with received_form(request, service.settings) as form:
+        with service.admit():
             yield service, form
 
 
