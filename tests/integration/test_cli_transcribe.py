@@ -205,6 +205,18 @@ def test_json_formats_and_a_refused_task() -> None:
     )
     assert done.returncode == 1
     assert done.stderr.startswith("aviary: error: [unsupported_task]")
+    for language in ("klingon", "../x"):  # a model that does not list its languages still takes codes only
+        done = aviary(
+            "transcribe",
+            str(AUDIO / "en-digits-3.wav"),
+            "--model",
+            str(MODELS / "parakeet-digits"),
+            "--language",
+            language,
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"aviary: error: [unsupported_language] The model '{MODELS / 'parakeet-digits'}'")
+        assert "supported: ISO 639 codes such as 'en'" in done.stderr
 
 
 def test_models_list_and_an_offline_hub_cache(tmp_path: Path) -> None:

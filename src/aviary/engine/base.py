@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from aviary.errors import UnsupportedLanguageError, UnsupportedTaskError
 
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from aviary.types import Audio, TranscribeOptions, Transcript
 
 Family = Literal["tdt", "aed"]
+ISO_639: Final = re.compile(r"[a-z]{2,3}")
+"""A language code as models name languages (ISO 639-1, or 639-3 where there is no two-letter code)."""
 EngineName = Literal["onnx", "nemo"]
 
 
@@ -46,12 +49,19 @@ class ModelInfo:
         return self.languages[0] if len(self.languages) == 1 else None
 
     def check(self, options: TranscribeOptions) -> None:
-        """Raise a `RequestError` when the model cannot honour `options`."""
+        """Raise a `RequestError` when the model cannot honour `options`.
+
+        A model that does not list its languages takes any ISO 639 code (two or three letters), nothing else.
+        """
         if options.task == "translate" and not self.translation:
             raise UnsupportedTaskError(options.task, self.name)
         for language in (options.language, options.target_language if options.task == "translate" else None):
-            if language is not None and self.languages and language not in self.languages:
+            if language is None:
+                continue
+            if self.languages and language not in self.languages:
                 raise UnsupportedLanguageError(language, self.name, self.languages)
+            if not ISO_639.fullmatch(language):
+                raise UnsupportedLanguageError(language, self.name, ("ISO 639 codes such as 'en'",))
 
 
 class Engine(Protocol):
