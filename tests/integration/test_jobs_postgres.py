@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 import requests
+import sqlalchemy as sa
 
 from aviary.jobs.reaper import Reaper
-from aviary.jobs.store import JobStore
+from aviary.jobs.store import Job, JobStore
 from tests.support.fixtures import MODELS
 from tests.support.jobs import Jobs, chunked, recording, status_of, submit, until
-from tests.support.postgres import postgres
+from tests.support.postgres import postgres, postgres_server
 from tests.support.server import AVIARY, ROOT, free_port, server
 
 if TYPE_CHECKING:
@@ -145,3 +146,38 @@ def test_a_killed_worker_s_jobs_are_finished_by_the_other(database: str, tmp_pat
         assert killed_mid_job >= 3, "the kills came too late to test anything"
         listed = requests.get(f"{api.url}/jobs", params={"status": "completed"}, timeout=30).json()
         assert listed["total"] == 5
+
+
+def test_a_database_restart_neither_fails_a_step_nor_hands_live_workers_jobs_away() -> None:
+    """PostgreSQL down for 5 s, then back: a job step's store call waits it out, and no process
+    takes another's jobs because every heartbeat went stale while it was down."""
+    with postgres_server() as server:
+        store = JobStore(server.url)
+        job = Job(id="j", status="processing", filename="a.wav", options={}, created_at=time.time())
+        store.create(job)
+        claimed: list[list[str]] = []
+        reapers = [  # "a" beats often and is first back; "b" beats well within the timeout, but later
+            Reaper(store.engine, name, claimed.append, heartbeat_seconds=every, timeout_seconds=2)
+            for name, every in (("a", 0.25), ("b", 1.5))
+        ]
+        for reaper in reapers:
+            reaper.start()
+        server.stop()
+        try:
+            with pytest.raises(sa.exc.OperationalError):
+                store.get("j")  # a request's call says so at once
+            waited: list[object] = []
+            step = threading.Thread(target=lambda: waited.append(store.patient(60).update("j", processed_seconds=4.0)))
+            step.start()
+            time.sleep(5)  # longer than the executor timeout: every heartbeat is stale
+            server.start()
+            step.join(60)
+            time.sleep(4)  # two timeouts of beating again
+        finally:
+            for reaper in reapers:
+                reaper.stop()
+        assert waited == [True]
+        assert store.get("j") is not None
+        assert store.get("j").processed_seconds == 4.0  # type: ignore[union-attr]
+        assert claimed == []  # both were alive all along
+        store.close()

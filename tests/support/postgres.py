@@ -36,37 +36,74 @@ def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+class Server:
+    """A throwaway PostgreSQL cluster on an ephemeral port, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self._binaries = _bin()
+        self._root = Path(tempfile.mkdtemp(prefix="aviary-pg-"))
+        self._data = self._root / "data"
+        self._data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self._root, "postgres")
+            shutil.chown(self._data, "postgres")
+        initdb = [str(self._binaries / "initdb"), "-D", str(self._data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run(_as_owner(initdb), check=True, capture_output=True)
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/aviary"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Run the server and wait until it answers."""
+        options = ["-D", str(self._data), "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self._root)]
+        self._process = subprocess.Popen(
+            _as_owner([str(self._binaries / "postgres"), *options, "-c", "max_connections=200"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        deadline = time.monotonic() + 60
+        while not self._answered(admin):
+            assert self._process.poll() is None, "PostgreSQL exited"
+            assert time.monotonic() < deadline, "PostgreSQL did not start"
+            time.sleep(0.2)
+
+    @staticmethod
+    def _answered(admin: str) -> bool:
+        """Whether the server answered (and has the `aviary` database now)."""
+        try:
+            with psycopg.connect(admin, autocommit=True) as connection:
+                if connection.execute("SELECT 1 FROM pg_database WHERE datname = 'aviary'").fetchone() is None:
+                    connection.execute("CREATE DATABASE aviary")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Shut the server down (a fast shutdown: its clients' connections are cut)."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+            self._process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Server]:
+    """A running server that the test may stop and start."""
+    server = Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @contextmanager
 def postgres() -> Iterator[str]:
     """A running server; yields the URL of its `aviary` database (created here)."""
-    binaries = _bin()
-    root = Path(tempfile.mkdtemp(prefix="aviary-pg-"))
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-    subprocess.run(_as_owner(initdb), check=True, capture_output=True)
-    port = free_port()
-    options = ["-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(root), "-c", "max_connections=200"]
-    process = subprocess.Popen(
-        _as_owner([str(binaries / "postgres"), *options]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with psycopg.connect(admin, autocommit=True) as connection:
-                    connection.execute("CREATE DATABASE aviary")
-                break
-            except psycopg.OperationalError:
-                assert process.poll() is None, "PostgreSQL exited"
-                assert time.monotonic() < deadline, "PostgreSQL did not start"
-                time.sleep(0.2)
-        yield f"postgresql://postgres@127.0.0.1:{port}/aviary"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server() as server:
+        yield server.url

@@ -9,6 +9,7 @@ jobs it had in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
 
 QUEUE: Final = "aviary-jobs"
+STEP_PATIENCE_SECONDS: Final = 600.0
+"""How long a job's step waits for an unreachable jobs database before it fails (and the job with it)."""
 _GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
 
 
@@ -72,7 +75,8 @@ class Jobs:
             (settings.data_dir / "aviary.sqlite").touch(mode=0o600)
         url = settings.jobs_database_url()
         self._store = JobStore(url)
-        workflows.install(workflows.Runtime(settings, self._registry, self._decoder, self._store))
+        steps = self._store.patient(STEP_PATIENCE_SECONDS)  # a database restart must not fail running jobs
+        workflows.install(workflows.Runtime(settings, self._registry, self._decoder, steps))
         webhooks.install(settings)
         executor = _executor_id(settings)
         if settings.run_jobs:
@@ -215,6 +219,7 @@ class Jobs:
         """
         from dbos import DBOS
 
+        from aviary.jobs import webhooks
         from aviary.jobs.workflows import notify, remove_audio
 
         job = self.get(job_id)
@@ -223,15 +228,22 @@ class Jobs:
             self._withdraw(job_id)
             notify(job_id)  # it was cancelled: its webhook hears so, as after POST .../cancel
         DBOS.delete_workflow(job_id)
+        for delivery in webhooks.delivery_ids(job_id):  # their recorded input is the job's document: its result
+            status = DBOS.get_workflow_status(delivery)
+            if status is not None and status.status not in {"PENDING", "ENQUEUED"}:  # delivered, or given up
+                DBOS.delete_workflow(delivery)
         remove_audio(self.settings, job_id, job.audio_path)
         self.store.delete(job_id)
 
     def purge(self) -> list[str]:
         """Forget jobs that ended more than `job_retention_seconds` ago (rows, results, workflow records)."""
         ended = self.store.ended_before(time.time() - self.settings.job_retention_seconds)
+        purged = []
         for job in ended:
-            self.delete(job.id)
-        return [job.id for job in ended]
+            with contextlib.suppress(JobNotFoundError):  # another process purged it first
+                self.delete(job.id)
+                purged.append(job.id)
+        return purged
 
     def list(self, status: str | None, *, limit: int, offset: int) -> tuple[Sequence[Job], int]:
         """Jobs newest first, and the total count."""

@@ -9,6 +9,11 @@ that runs jobs writes a heartbeat (`aviary_executors`: executor id, last seen) e
 seconds. One live process claims each silent executor (a conditional DELETE of its row: exactly one
 claimer wins) and hands its pending workflows to DBOS's recovery, which re-enqueues them; any
 worker then resumes each one at its first unfinished chunk.
+
+Times are the database's clock, never a host's (a worker whose clock is off would otherwise seem
+dead, or find everyone else dead). A process reaps only after beating steadily for a whole timeout:
+when the database comes back from an outage every heartbeat is old, and the first process to
+reconnect must not take the jobs of workers that are alive and about to beat again.
 """
 
 from __future__ import annotations
@@ -59,16 +64,18 @@ class Reaper:
         self._housekeeping = housekeeping
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
+        self._steady_since: float | None = time.monotonic()  # beating without a miss since (None: missing)
 
     def start(self) -> None:
         """Beat once now, then keep beating and reaping (DBOS must be launched: reaping recovers through it)."""
         self.beat()
+        self._steady_since = time.monotonic()
         self._thread.start()
 
     def beat(self) -> None:
         """Record that this executor is alive."""
-        now = time.time()
         with self._engine.begin() as connection:
+            now = _database_now(connection)
             updated = connection.execute(
                 executors_table.update().where(executors_table.c.executor_id == self.executor_id).values(last_seen=now)
             ).rowcount
@@ -77,8 +84,8 @@ class Reaper:
 
     def reap(self) -> list[str]:
         """Recover the jobs of every executor silent for longer than the timeout; the ids this call claimed."""
-        cutoff = time.time() - self._timeout
         with self._engine.connect() as connection:
+            cutoff = _database_now(connection) - self._timeout
             silent = connection.execute(
                 sa.select(executors_table.c.executor_id).where(
                     executors_table.c.last_seen < cutoff, executors_table.c.executor_id != self.executor_id
@@ -104,14 +111,39 @@ class Reaper:
         while not self._stop.wait(self._every):
             try:
                 self.beat()
-                self.reap()
+            except Exception as exc:  # noqa: BLE001  (the database is away: said once per outage)
+                if self._steady_since is not None:
+                    logger.warning("heartbeat failed (%s); trying every %.0f s", _first_line(exc), self._every)
+                self._steady_since = None
+                continue
+            if self._steady_since is None:
+                logger.info("heartbeat is back: reaping resumes in %.0f s", self._timeout)
+                self._steady_since = time.monotonic()
+            try:
+                if time.monotonic() - self._steady_since >= self._timeout:
+                    self.reap()
                 if self._housekeeping is not None:
                     self._housekeeping()
             except Exception:
-                logger.exception("heartbeat or recovery failed; trying again in %.0f s", self._every)
+                logger.exception("recovery or housekeeping failed; trying again in %.0f s", self._every)
 
     def stop(self) -> None:
         """Stop beating. The row stays: if this executor does not come back, others recover its pending jobs."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+
+
+def _database_now(connection: sa.Connection) -> float:
+    """The database's clock, in seconds since the epoch: one clock for every host."""
+    if connection.dialect.name == "postgresql":
+        query = "SELECT extract(epoch FROM clock_timestamp())"
+    elif connection.dialect.name == "sqlite":
+        query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    else:
+        return time.time()
+    return float(connection.exec_driver_sql(query).scalar_one())
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]

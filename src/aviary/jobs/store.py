@@ -8,16 +8,22 @@ conditional UPDATE, so a cancel that lands while the last chunk finishes has one
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+F = TypeVar("F", bound="Callable[..., Any]")
 
 _SCHEMA_LOCK: Final = 0x61766961727931  # the advisory lock that serialises creating Aviary's tables
 
@@ -140,8 +146,35 @@ def _job(row: sa.Row[Any]) -> Job:
     return Job(**values)
 
 
+def _retried(method: F) -> F:
+    """`method`, tried again while the database cannot be reached, for up to the store's `patience` seconds."""
+
+    @functools.wraps(method)
+    def call(self: JobStore, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401  (the method's own)
+        deadline, delay, said = time.monotonic() + self.patience, 0.5, False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except sa.exc.OperationalError as exc:  # no connection, a server restarting, SQLite locked
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not said:
+                    reason = (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+                    logger.warning(
+                        "the jobs database cannot be reached (%s); trying again for %.0f s", reason, self.patience
+                    )
+                    said = True
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    return cast("F", call)
+
+
 class JobStore:
     """The `aviary_jobs` table on `url` (created if missing)."""
+
+    patience: float = 0.0
+    """Seconds a call keeps trying while the database cannot be reached (0: it raises at once)."""
 
     def __init__(self, url: str) -> None:
         """Connect and create the table. SQLite is switched to write-ahead logging (kept in the file).
@@ -149,13 +182,23 @@ class JobStore:
         WAL makes a commit one fsync of the log instead of the rollback journal's several, and lets
         readers (status polls) run beside the writer; it holds for DBOS's connections to the same file too.
         """
-        self.engine = sa.create_engine(url, future=True)
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         create_tables(_metadata, self.engine)
 
+    def patient(self, seconds: float) -> JobStore:
+        """This store (the same connections) with calls that wait out a database outage of up to `seconds`.
+
+        For job steps, which run off the event loop: a restart of the database must not fail a running job.
+        """
+        store = copy.copy(self)
+        store.patience = seconds
+        return store
+
+    @_retried
     def create(self, job: Job) -> Job:
         """Insert `job`; with an idempotency key already stored, return that job instead."""
         values = {**job.__dict__, "options": json.dumps(job.options), "result": None}
@@ -169,18 +212,21 @@ class JobStore:
             return existing
         return job
 
+    @_retried
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
         with self.engine.connect() as connection:
             row = connection.execute(jobs_table.select().where(jobs_table.c.id == job_id)).first()
         return _job(row) if row is not None else None
 
+    @_retried
     def by_key(self, key: str) -> Job | None:
         """The job created with idempotency key `key`, or None."""
         with self.engine.connect() as connection:
             row = connection.execute(jobs_table.select().where(jobs_table.c.idempotency_key == key)).first()
         return _job(row) if row is not None else None
 
+    @_retried
     def update(self, job_id: str, **values: Any) -> bool:  # noqa: ANN401
         """Set `values` unless the job has reached a terminal status; whether it changed."""
         if "result" in values and values["result"] is not None:
@@ -198,6 +244,7 @@ class JobStore:
             self.attempted(job_id)
         return finished
 
+    @_retried
     def attempt(self, job_id: str) -> int:
         """Count a try of the job's current step: how many tries it has had, this one included."""
         where = attempts_table.c.id == job_id
@@ -207,11 +254,13 @@ class JobStore:
                 connection.execute(attempts_table.insert().values(id=job_id, attempts=1))
             return int(connection.execute(sa.select(attempts_table.c.attempts).where(where)).scalar_one())
 
+    @_retried
     def attempted(self, job_id: str) -> None:
         """The job's current step finished (or the job ended): the next step starts its own count."""
         with self.engine.begin() as connection:
             connection.execute(attempts_table.delete().where(attempts_table.c.id == job_id))
 
+    @_retried
     def list(self, status: str | None = None, *, limit: int = 50, offset: int = 0) -> tuple[Sequence[Job], int]:
         """Jobs newest first, optionally of one status, and how many there are in all."""
         query = jobs_table.select()
@@ -225,6 +274,7 @@ class JobStore:
             total = int(connection.execute(count).scalar_one())
         return [_job(row) for row in rows], total
 
+    @_retried
     def ended_before(self, moment: float, limit: int = 500) -> Sequence[Job]:
         """Jobs that reached a terminal status before `moment` (oldest first, at most `limit`)."""
         query = (
@@ -236,6 +286,7 @@ class JobStore:
         with self.engine.connect() as connection:
             return [_job(row) for row in connection.execute(query).all()]
 
+    @_retried
     def delete(self, job_id: str) -> bool:
         """Remove the job's row; whether there was one."""
         with self.engine.begin() as connection:

@@ -248,11 +248,16 @@ def deliver(url: str, message_id: str, body: str) -> None:
         logger.warning("webhook %s to %s was not accepted after %d tries", message_id, shown(url), WEBHOOK_ATTEMPTS)
 
 
+def delivery_ids(job_id: str) -> list[str]:
+    """The workflow ids of the job's deliveries, one per event (whether or not each was ever started)."""
+    return [f"webhook-{job_id}.{event}" for event in EVENTS.values()]
+
+
 def send(job_id: str, status: str, job: dict[str, Any], url: str) -> None:
     """Start the durable delivery of the event for `job` reaching `status` (from a workflow or a request)."""
     from dbos import SetWorkflowID
 
     event = EVENTS[status]
     message_id = f"{job_id}.{event}"
-    with SetWorkflowID(f"webhook-{message_id}"):  # one delivery per event, however often this is called
+    with SetWorkflowID(f"webhook-{message_id}"):  # one delivery per event, however often this is called (delivery_ids)
         DBOS.start_workflow(deliver, url, message_id, event_body(event, job))
