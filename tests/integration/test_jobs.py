@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -341,6 +342,12 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
     completed = next(json.loads(b) for h, b, c in tries if c == 200 and h["webhook-id"] == f"{job_id}.job.completed")
     assert completed["data"]["status"] == "completed"
     assert completed["data"]["result"]["text"]
+    assert requests.delete(f"{jobs.url}/jobs/{job_id}", timeout=30).status_code == 204
+    with contextlib.closing(sqlite3.connect(jobs.data_dir / "aviary.sqlite")) as database:
+        kept = database.execute(
+            "SELECT workflow_uuid FROM workflow_status WHERE workflow_uuid LIKE ?", (f"%{job_id}%",)
+        )
+        assert kept.fetchall() == []  # not even the delivery, whose input held the transcript
     response = requests.post(
         f"{jobs.url}/transcribe/async",
         files={"file": audio_path.read_bytes()},
