@@ -256,6 +256,14 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgresql_scheme(cls, value: str | None) -> str | None:
+        """`postgres://` (as Heroku and many tools write it) is `postgresql://` to SQLAlchemy."""
+        if value is not None and value.startswith("postgres://"):
+            return "postgresql://" + value.removeprefix("postgres://")
+        return value
+
     @field_validator("root_path", mode="after")
     @classmethod
     def _one_leading_slash(cls, value: str) -> str:

@@ -361,6 +361,16 @@ class AuthenticationError(AviaryError):
         super().__init__("A valid API key is required: send it as 'Authorization: Bearer <key>'.")
 
 
+class DatabaseUnavailableError(AviaryError):
+    """The jobs database cannot be reached or used."""
+
+    code = "database_unavailable"
+
+    def __init__(self, url: str, reason: str) -> None:
+        """Name the database (its URL without a password) and why."""
+        super().__init__(f"The jobs database {url} cannot be used: {reason}.")
+
+
 class JobError(AviaryError):
     """Something about an asynchronous job."""
 

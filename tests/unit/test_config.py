@@ -38,3 +38,8 @@ def test_api_keys_that_are_set_but_hold_no_key_are_refused(monkeypatch: pytest.M
         assert Settings().api_keys == []
     monkeypatch.setenv("AVIARY_API_KEYS", "a, ,b")
     assert [k.get_secret_value() for k in Settings().api_keys] == ["a", "b"]
+
+
+def test_a_postgres_url_is_a_postgresql_url() -> None:
+    url = Settings(database_url="postgres://u:p@db:5432/aviary").jobs_database_url()
+    assert url == "postgresql://u:p@db:5432/aviary"

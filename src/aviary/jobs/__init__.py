@@ -18,7 +18,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 from aviary import __version__
-from aviary.errors import IdempotencyConflictError, JobFinishedError, JobNotFoundError
+from aviary.errors import DatabaseUnavailableError, IdempotencyConflictError, JobFinishedError, JobNotFoundError
 from aviary.jobs.reaper import Reaper
 from aviary.jobs.store import TERMINAL, Job, JobStore
 
@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
 
+logger = logging.getLogger(__name__)
 QUEUE: Final = "aviary-jobs"
+_URLS: Final = "Aviary keeps jobs in sqlite:///path/file or postgresql://user@host/database"
+START_PATIENCE_SECONDS: Final = 60.0
+"""How long a starting process waits for the jobs database (a database container still starting, say)."""
 STEP_PATIENCE_SECONDS: Final = 600.0
 """How long a job's step waits for an unreachable jobs database before it fails (and the job with it)."""
 _GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
@@ -74,7 +78,7 @@ class Jobs:
         if settings.database_url is None:  # SQLite: this process's own file (its -wal and -shm take its mode)
             (settings.data_dir / "aviary.sqlite").touch(mode=0o600)
         url = settings.jobs_database_url()
-        self._store = JobStore(url)
+        self._store = _connect(url)
         steps = self._store.patient(STEP_PATIENCE_SECONDS)  # a database restart must not fail running jobs
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, steps))
         webhooks.install(settings)
@@ -320,3 +324,31 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _connect(url: str) -> JobStore:
+    """The job store on `url`, once the database answers (waiting up to `START_PATIENCE_SECONDS`).
+
+    Raises:
+        DatabaseUnavailableError: not a URL Aviary can use, or no answer in time.
+    """
+    import sqlalchemy as sa
+
+    try:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError as exc:
+        raise DatabaseUnavailableError(repr(url), _URLS) from exc
+    deadline, said = time.monotonic() + START_PATIENCE_SECONDS, False
+    while True:
+        try:
+            return JobStore(url)
+        except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:  # another database, or its driver missing
+            raise DatabaseUnavailableError(shown, _URLS) from exc
+        except sa.exc.OperationalError as exc:
+            reason = (str(exc.orig or exc).strip().splitlines() or ["no answer"])[0]
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailableError(shown, reason) from exc
+            if not said:
+                logger.warning("waiting for the jobs database %s (%s)", shown, reason)
+                said = True
+            time.sleep(1.0)
