@@ -181,3 +181,24 @@ def test_a_database_restart_neither_fails_a_step_nor_hands_live_workers_jobs_awa
         assert store.get("j").processed_seconds == 4.0  # type: ignore[union-attr]
         assert claimed == []  # both were alive all along
         store.close()
+
+
+def test_while_the_database_is_away_job_routes_answer_503_and_come_back(tmp_path: Path) -> None:
+    with postgres_server() as database:
+        port = free_port()
+        env = {
+            k: v for k, v in _environment(database.url, tmp_path / "data").items() if k.startswith(("AVIARY_", "HF_"))
+        }
+        command = [AVIARY, "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
+        with server(command, port, env | {"AVIARY_WARM_UP": "false"}):
+            url = f"http://127.0.0.1:{port}/jobs"
+            assert requests.get(url, timeout=30).status_code == 200
+            database.stop()
+            away = requests.get(url, timeout=30)
+            database.start()
+            deadline = time.monotonic() + 30
+            while (back := requests.get(url, timeout=30)).status_code != 200:
+                assert time.monotonic() < deadline, back.text
+                time.sleep(0.5)
+    assert (away.status_code, away.json()["error"]["code"]) == (503, "database_unavailable")
+    assert away.headers["retry-after"] == "5"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -133,6 +134,14 @@ async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("The client disconnected.", "client_disconnected", 400), 400)
 
 
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    """The jobs database is away (restarting, say): 503 with Retry-After, one line in the log."""
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no answer"])[0]
+    logger.warning("%s %s: the jobs database cannot be reached (%s)", request.method, request.url.path, reason)
+    message = "The jobs database cannot be reached; retry shortly."
+    return JSONResponse(error_body(message, "database_unavailable", 503), 503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = uuid.uuid4().hex
     logger.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
@@ -146,6 +155,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _disconnected)
+    app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(Exception, _unexpected)
 
 
