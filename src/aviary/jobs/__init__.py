@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -23,7 +24,7 @@ from aviary.jobs.reaper import Reaper
 from aviary.jobs.store import TERMINAL, Job, JobStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from aviary.audio import IsolatedDecoder
@@ -105,8 +106,9 @@ class Jobs:
         )
         if not settings.run_jobs:
             DBOS.listen_queues([])
-        if _ENDED_BY_REQUEST not in logging.getLogger("dbos").filters:
-            logging.getLogger("dbos").addFilter(_ENDED_BY_REQUEST)
+        for dbos_filter in (_ENDED_BY_REQUEST, _REPEATS):
+            if dbos_filter not in logging.getLogger("dbos").filters:
+                logging.getLogger("dbos").addFilter(dbos_filter)
         DBOS.launch()
         DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll())
         if self._reaper is not None:
@@ -300,6 +302,38 @@ class _EndedByRequest(logging.Filter):
 
 
 _ENDED_BY_REQUEST: Final = _EndedByRequest()
+
+
+class Repeats(logging.Filter):
+    """DBOS's background threads warn "Exception ..." on every try while the database is away.
+
+    Its queue thread tries every poll interval (20 ms on PostgreSQL): about 2,000 lines per process
+    in a 20 s outage. Each kind of such warning (its words before the first colon) passes once per
+    `every` seconds, the next one saying how many were held back.
+    """
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """Let each kind through once per `every` seconds of `clock`."""
+        super().__init__()
+        self._every, self._clock = every, clock
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when it last passed, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno != logging.WARNING or not message.startswith("Exception "):
+            return True
+        kind, now = message.partition(":")[0], self._clock()
+        last, held = self._last.get(kind, (-math.inf, 0))
+        if now - last < self._every:
+            self._last[kind] = (last, held + 1)
+            return False
+        self._last[kind] = (now, 0)
+        if held:
+            record.msg, record.args = f"{message} ({held} more like it in the last {now - last:.0f} s)", ()
+        return True
+
+
+_REPEATS: Final = Repeats()
 
 
 def _recover(executor_ids: list[str]) -> None:
