@@ -177,7 +177,11 @@ class Settings(BaseSettings):
         "to 120 s, and only then decays it: from a small base a few collisions cost milliseconds, not minutes. "
         "Stored with the queue, so the last worker to start sets it for all.",
     )
-    heartbeat_seconds: float = Field(default=2.0, gt=0, description="How often a job worker says it is alive.")
+    heartbeat_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a process checks that the jobs database answers (and a job worker says it is alive).",
+    )
     executor_timeout: float = Field(
         default=15.0, gt=0, description="Seconds of silence after which a worker's jobs are resumed by the others."
     )

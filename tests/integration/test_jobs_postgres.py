@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -183,22 +183,43 @@ def test_a_database_restart_neither_fails_a_step_nor_hands_live_workers_jobs_awa
         store.close()
 
 
-def test_while_the_database_is_away_job_routes_answer_503_and_come_back(tmp_path: Path) -> None:
+def _health_until(url: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    health: dict[str, Any] = {}
+    while (health := requests.get(url, timeout=30).json())["status"] != status:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    return health
+
+
+@pytest.mark.parametrize("run_jobs", ["true", "false"])
+def test_while_the_database_is_away_job_routes_answer_503_health_says_so_and_both_come_back(
+    tmp_path: Path, run_jobs: str
+) -> None:
     with postgres_server() as database:
         port = free_port()
         env = {
             k: v for k, v in _environment(database.url, tmp_path / "data").items() if k.startswith(("AVIARY_", "HF_"))
         }
+        env |= {"AVIARY_WARM_UP": "false", "AVIARY_RUN_JOBS": run_jobs, "AVIARY_HEARTBEAT_SECONDS": "0.5"}
         command = [AVIARY, "serve", "--port", str(port), "--model", str(MODELS / "parakeet-digits")]
-        with server(command, port, env | {"AVIARY_WARM_UP": "false"}):
+        with server(command, port, env):
             url = f"http://127.0.0.1:{port}/jobs"
+            before = _health_until(f"http://127.0.0.1:{port}/health", "healthy")
             assert requests.get(url, timeout=30).status_code == 200
             database.stop()
             away = requests.get(url, timeout=30)
+            degraded = _health_until(f"http://127.0.0.1:{port}/health", "degraded")
             database.start()
             deadline = time.monotonic() + 30
             while (back := requests.get(url, timeout=30)).status_code != 200:
                 assert time.monotonic() < deadline, back.text
                 time.sleep(0.5)
+            after = _health_until(f"http://127.0.0.1:{port}/health", "healthy")
     assert (away.status_code, away.json()["error"]["code"]) == (503, "database_unavailable")
     assert away.headers["retry-after"] == "5"
+    assert (before["jobs_database"], before["reason"], before["model_loaded"]) == ("available", None, True)
+    assert degraded["jobs_database"] == "unavailable"
+    assert degraded["reason"].startswith("[database_unavailable] the jobs database does not answer: ")
+    assert degraded["model_loaded"] is True  # synchronous transcription still works
+    assert (after["jobs_database"], after["reason"]) == ("available", None)

@@ -72,6 +72,10 @@ async def health(request: Request) -> dict[str, Any]:
 
     `device` is where the default model runs, and `device_fallback` why on the CPU when CUDA was asked for.
 
+    While the jobs database does not answer (checked every `AVIARY_HEARTBEAT_SECONDS`), `status` is
+    `degraded` with a `database_unavailable` reason and `jobs_database` is `unavailable`; the model
+    still serves synchronous requests (`model_loaded` stays true).
+
     `queue` says how many transcriptions run (`running`, at most `workers`) and wait (`waiting`, at most
     `max_queue` before requests are refused). Answered on the event loop, never behind inference.
     """
@@ -79,11 +83,12 @@ async def health(request: Request) -> dict[str, Any]:
     state = service.health()
     return {
         "status": state.status,
-        "model_loaded": state.status == "healthy",
+        "model_loaded": state.model_loaded,
         "model_name": state.model_name,
         "device": state.device,
         "device_fallback": state.device_fallback,
         "reason": state.reason,
+        "jobs_database": state.jobs_database,
         "loaded_models": sorted(engine.info.name for engine in service.loaded()),
         "queue": asdict(service.load()),
     }

@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -70,6 +70,10 @@ class Health:
     reason: str | None = None
     device_fallback: str | None = None
     """Why the model runs on the CPU though CUDA was asked for."""
+    model_loaded: bool = False
+    """The default model is loaded (and warmed up): sync transcription works, whatever `status` says."""
+    jobs_database: Literal["available", "unavailable"] = "available"
+    """Whether the jobs database answered the last heartbeat: jobs can be submitted and read."""
 
 
 class _StreamClosedError(Exception):
@@ -122,7 +126,7 @@ class Service:
             if self.settings.warm_up:
                 self._warm_up(engine)
             info = engine.info
-            health = Health("healthy", info.name, device=info.device, device_fallback=info.fallback)
+            health = Health("healthy", info.name, device=info.device, device_fallback=info.fallback, model_loaded=True)
         with self._lock:
             self._health = health
 
@@ -145,9 +149,19 @@ class Service:
         logger.info("Warmed up %s in %.1f s", engine.info.name, time.monotonic() - started)
 
     def health(self) -> Health:
-        """The default model's state now."""
+        """The default model's state now; `degraded` also while the jobs database does not answer."""
         with self._lock:
-            return self._health
+            health = self._health
+        problem = self.jobs.database_problem()
+        if problem is None:
+            return health
+        why = f"[database_unavailable] the jobs database does not answer: {problem}"
+        return replace(
+            health,
+            status="degraded" if health.status == "healthy" else health.status,
+            reason=why if health.reason is None else f"{health.reason}; {why}",
+            jobs_database="unavailable",
+        )
 
     def loaded(self) -> list[Engine]:
         """Models loaded so far."""

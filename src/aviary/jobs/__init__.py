@@ -84,18 +84,17 @@ class Jobs:
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, steps))
         webhooks.install(settings)
         executor = _executor_id(settings)
-        if settings.run_jobs:
-            # Known to the others before it can take a job: a process that dies (or fails to start)
-            # after its first dequeue must have a heartbeat row for a reaper to find.
-            self._reaper = Reaper(
-                self._store.engine,
-                executor,
-                _recover,
-                heartbeat_seconds=settings.heartbeat_seconds,
-                timeout_seconds=settings.executor_timeout,
-                housekeeping=self.housekeeping,
-            )
-            self._reaper.beat()
+        self._reaper = Reaper(  # a process that runs no jobs only watches that the database answers
+            self._store.engine,
+            executor if settings.run_jobs else None,
+            _recover,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            timeout_seconds=settings.executor_timeout,
+            housekeeping=self.housekeeping if settings.run_jobs else None,
+        )
+        # Known to the others before it can take a job: a process that dies (or fails to start)
+        # after its first dequeue must have a heartbeat row for a reaper to find.
+        self._reaper.beat()
         DBOS(
             config={
                 "name": "aviary",
@@ -113,6 +112,10 @@ class Jobs:
         DBOS.register_queue(QUEUE, worker_concurrency=settings.workers, polling_interval_sec=settings.job_poll())
         if self._reaper is not None:
             self._reaper.start()
+
+    def database_problem(self) -> str | None:
+        """Why the jobs database did not answer the last heartbeat (every `heartbeat_seconds`), or None."""
+        return self._reaper.problem if self._reaper is not None else None
 
     def submit(
         self, upload: Path, *, filename: str, options: dict[str, Any], idempotency_key: str | None = None

@@ -14,6 +14,9 @@ Times are the database's clock, never a host's (a worker whose clock is off woul
 dead, or find everyone else dead). A process reaps only after beating steadily for a whole timeout:
 when the database comes back from an outage every heartbeat is old, and the first process to
 reconnect must not take the jobs of workers that are alive and about to beat again.
+
+A process that runs no jobs (`executor_id` None) only watches: every beat reads the database's
+clock. Either way `problem` says, for `/health`, whether the last beat reached the database.
 """
 
 from __future__ import annotations
@@ -47,14 +50,17 @@ class Reaper:
     def __init__(
         self,
         engine: sa.Engine,
-        executor_id: str,
+        executor_id: str | None,
         recover: Callable[[list[str]], None],
         *,
         heartbeat_seconds: float,
         timeout_seconds: float,
         housekeeping: Callable[[], object] | None = None,
     ) -> None:
-        """Create the table if needed; nothing runs until `start()`. `housekeeping` runs after each beat."""
+        """Create the table if needed; nothing runs until `start()`. `housekeeping` runs after each beat.
+
+        With `executor_id` None the thread only watches the database: no heartbeat row, no reaping.
+        """
         create_tables(_metadata, engine)
         self._engine = engine
         self.executor_id = executor_id
@@ -65,6 +71,12 @@ class Reaper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
         self._steady_since: float | None = time.monotonic()  # beating without a miss since (None: missing)
+        self._problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last beat failed (the database's first line of error), or None when it went through."""
+        return self._problem
 
     def start(self) -> None:
         """Beat once now, then keep beating and reaping (DBOS must be launched: reaping recovers through it)."""
@@ -73,9 +85,11 @@ class Reaper:
         self._thread.start()
 
     def beat(self) -> None:
-        """Record that this executor is alive."""
+        """Record that this executor is alive (watching only: that the database answers)."""
         with self._engine.begin() as connection:
             now = _database_now(connection)
+            if self.executor_id is None:
+                return
             updated = connection.execute(
                 executors_table.update().where(executors_table.c.executor_id == self.executor_id).values(last_seen=now)
             ).rowcount
@@ -112,15 +126,22 @@ class Reaper:
             try:
                 self.beat()
             except Exception as exc:  # noqa: BLE001  (the database is away: said once per outage)
+                self._problem = _first_line(exc)
                 if self._steady_since is not None:
-                    logger.warning("heartbeat failed (%s); trying every %.0f s", _first_line(exc), self._every)
+                    logger.warning(
+                        "the jobs database does not answer (%s); trying every %.0f s", self._problem, self._every
+                    )
                 self._steady_since = None
                 continue
+            self._problem = None
             if self._steady_since is None:
-                logger.info("heartbeat is back: reaping resumes in %.0f s", self._timeout)
+                logger.info(
+                    "the jobs database answers again%s",
+                    "" if self.executor_id is None else f": reaping resumes in {self._timeout:.0f} s",
+                )
                 self._steady_since = time.monotonic()
             try:
-                if time.monotonic() - self._steady_since >= self._timeout:
+                if self.executor_id is not None and time.monotonic() - self._steady_since >= self._timeout:
                     self.reap()
                 if self._housekeeping is not None:
                     self._housekeeping()
