@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from aviary.audio import AudioLimits, IsolatedDecoder
+    from aviary.engine.base import ModelInfo
     from aviary.engine.longform import Chunking
 
 DEFAULT_MODEL = "parakeet-tdt-0.6b-v2"
@@ -225,12 +226,15 @@ class Settings(BaseSettings):
 
         return 160.0 if splits else self.encoder_max_seconds or CPU_ENCODER_SECONDS
 
-    def chunking(self, *, timestamps: bool = True) -> Chunking:
-        """How long audio is cut, for a model with (or without: no overlap) word times."""
+    def chunking(self, model: ModelInfo | None = None) -> Chunking:
+        """How long audio is cut for `model`: no overlap without word times, chunks no longer than it takes."""
         from aviary.engine.longform import Chunking
 
-        overlap = self.chunk_overlap_seconds if timestamps else 0.0
-        return Chunking(max_seconds=self.chunk_seconds, overlap_seconds=overlap, threshold=self.vad_threshold)
+        overlap = self.chunk_overlap_seconds if model is None or model.timestamps else 0.0
+        longest = self.chunk_seconds
+        if model is not None and model.max_seconds is not None:
+            longest = min(longest, model.max_seconds)
+        return Chunking(max_seconds=longest, overlap_seconds=overlap, threshold=self.vad_threshold)
 
     def audio_decoder(self) -> IsolatedDecoder:
         """A decoder in child processes with these settings' caps (the caller closes it)."""

@@ -163,7 +163,7 @@ def _one(  # noqa: PLR0917  (one call site, every argument needed)
     stream: TextIO,
 ) -> str:
     with _opened(path) as source:
-        chunking = settings.chunking(timestamps=batcher.engine.info.timestamps)
+        chunking = settings.chunking(batcher.engine.info)
         with _AudioProgress(_stem(path) if str(path) == STDIN else shown(path.name), stream) as progress:
             transcript = transcribe_source(
                 decoder, batcher, source, options, chunking, on_info=progress.info, on_progress=progress.update

@@ -417,3 +417,17 @@ def test_silence_has_the_language_the_model_writes_and_a_missing_quantization_is
     body = json.loads(done.stdout)
     assert (body["text"], body["language"], body["duration"]) == ("", "english", 45.0)
     assert "has no *.int8.onnx files: running its full-precision graphs" in done.stderr
+
+
+def test_chunks_longer_than_the_model_takes_are_cut_to_its_position_table(tmp_path: Path) -> None:
+    # parakeet-digits was exported with 1024 positions (81.84 s): a 130 s input in one piece fails there.
+    recording = long_recording(130, seed=9, unbroken=((20.0, 100.0),))  # no pause to cut at for 100 s
+    path = tmp_path / "long.wav"
+    speech.write_wav(path, recording.audio)
+    args = ("transcribe", str(path), "--model", str(MODELS / "parakeet-digits"), "--format", "verbose_json")
+    asked = aviary(*args, env={"AVIARY_CHUNK_SECONDS": "150"})
+    at_the_limit = aviary(*args, env={"AVIARY_CHUNK_SECONDS": "81.84"})
+    assert asked.returncode == 0, asked.stderr
+    assert "takes at most 81.8 s of audio in one piece: its chunks are that long, not 150 s" in asked.stderr
+    assert asked.stdout == at_the_limit.stdout
+    assert jiwer.wer(recording.text, json.loads(asked.stdout)["text"]) < 0.1

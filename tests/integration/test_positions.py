@@ -106,3 +106,16 @@ def test_the_factory_tables_positions_of_external_weights_on_the_cpu_when_asked(
     assert "Tabled" not in caplog.text
     for have, want in zip(tabled.run(None, feeds), exported.run(None, feeds), strict=True):
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=ROUNDING)
+
+
+def test_each_model_says_how_long_an_input_its_position_table_takes() -> None:
+    from aviary.config import Settings
+
+    options = RuntimeOptions(device="cpu", intra_op_threads=1)
+    parakeet = load_onnx_engine(MODELS / "parakeet-digits", "digits", options).info
+    canary = load_onnx_engine(MODELS / "canary-digits", "canary", options).info
+    assert parakeet.max_seconds == pytest.approx(1023 * 0.08)  # pos_emb_max_len 1024 frames of 80 ms
+    assert canary.max_seconds == pytest.approx(737 * 0.08)
+    assert Settings(chunk_seconds=150).chunking(parakeet).max_seconds == parakeet.max_seconds
+    assert Settings(chunk_seconds=30).chunking(parakeet).max_seconds == 30
+    assert Settings(chunk_seconds=150).chunking(canary).overlap_seconds == 0  # no word times to resolve it by

@@ -128,7 +128,7 @@ def measure(
     decoder.warm()
     max_seconds = settings.batch_seconds(engine.info.device)  # the server's cap on a batch's padded audio
     batcher = Batcher(engine, max_batch=batch, max_wait=settings.batch_wait_ms / 1000, max_seconds=max_seconds)
-    chunking = settings.chunking(timestamps=engine.info.timestamps)
+    chunking = settings.chunking(engine.info)
     per_call = max(1, min(batch, int(max_seconds // 30)))  # 30 s clips in one batch of the server's
     options = TranscribeOptions()
     times: dict[str, list[float]] = {LONG: [], CLIPS: []}

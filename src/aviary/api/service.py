@@ -233,7 +233,7 @@ class Service:
         """
         engine.info.check(options)
         batcher = self.registry.batcher(engine)
-        chunking = self.settings.chunking(timestamps=engine.info.timestamps)
+        chunking = self.settings.chunking(engine.info)
         owner, gone = object(), threading.Event()
 
         async def watch(until: Callable[[], Awaitable[object]]) -> None:
@@ -272,7 +272,7 @@ class Service:
         """
         engine.info.check(options)
         batcher = self.registry.batcher(engine)
-        chunking = self.settings.chunking(timestamps=engine.info.timestamps)
+        chunking = self.settings.chunking(engine.info)
         loop = asyncio.get_running_loop()
         ready: asyncio.Queue[tuple[bool, Transcript] | BaseException] = asyncio.Queue()
         stopped = threading.Event()

@@ -36,6 +36,8 @@ class ModelInfo:
     """Whether transcripts carry word times."""
     fallback: str | None = None
     """Why it runs on the CPU though CUDA was asked for; None when it runs where it was asked to."""
+    max_seconds: float | None = None
+    """The longest audio it takes in one piece (its exported position table); None: no limit but memory."""
 
     def written_language(self, options: TranscribeOptions) -> str | None:
         """The language a transcript for `options` is written in; None when the model detects it unseen.

@@ -259,9 +259,16 @@ class OnnxEngine(ABC):
 
     def __init__(self, name: str, model_dir: ModelDir, factory: SessionFactory, info: ModelInfo) -> None:
         """Hold the name, session factory, NeMo front end and what the model can do."""
+        from aviary.engine.positions import longest_input
+
         self._name = name
         self._factory = factory
         self._preprocessor = Preprocessor(model_dir.features_size, factory)
+        frames = longest_input(model_dir.files["encoder-model"])
+        if frames is not None:  # the last frame may be a partial one
+            info = replace(
+                info, max_seconds=(frames - 1) * MEL_HOP_SAMPLES * model_dir.subsampling_factor / SAMPLE_RATE
+            )
         self._info = info
 
     @property

@@ -116,6 +116,28 @@ def precompute_positions(path: Path, frames: int) -> Graph | None:
     return Graph(model, loaded.weights)
 
 
+def longest_input(path: Path) -> int | None:
+    """The most encoder frames an input of the graph at `path` may have; None when it has no encoding table.
+
+    NeMo exports its relative positional encodings as a table of 2 x `pos_emb_max_len` - 1 rows, and
+    an input of T frames slices 2T - 1 of them. Beyond that, onnxruntime clamps the slice and the
+    encoder attends with wrong positions (the transcript degrades without an error) until the shapes
+    no longer broadcast (an error). NeMo itself grows the table in torch; the export cannot.
+    """
+    loaded = load_graph(path)
+    if loaded is None:
+        return None
+    graph = loaded.model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute}
+    found = _encoding_slice(graph, initializers, constants, loaded)
+    if found is None:
+        return None
+    name = found[0].input[0]
+    table = initializers[name] if name in initializers else constants[name]
+    return (int(table.dims[1]) + 1) // 2
+
+
 def _encoding_slice(
     graph: onnx.GraphProto,
     initializers: dict[str, onnx.TensorProto],

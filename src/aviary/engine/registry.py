@@ -178,6 +178,15 @@ class Registry:
         with lock:
             if source not in self._engines:
                 engine = self._load_source(source)
+                longest = engine.info.max_seconds
+                if longest is not None and longest < self.settings.chunk_seconds:
+                    logger.warning(
+                        "%s takes at most %.1f s of audio in one piece: its chunks are that long, not %.0f s "
+                        "(AVIARY_CHUNK_SECONDS)",
+                        source.name,
+                        longest,
+                        self.settings.chunk_seconds,
+                    )
                 with self._guard:
                     self._engines[source] = engine
         return self._engines[source]

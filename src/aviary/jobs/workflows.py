@@ -112,7 +112,7 @@ def prepare(job_id: str) -> dict[str, Any] | None:
     written = 0
     try:
         engine = rt.registry.get(job.options["model"])
-        planner = longform.Planner(rt.settings.chunking(timestamps=engine.info.timestamps))
+        planner = longform.Planner(rt.settings.chunking(engine.info))
         with target.open("wb") as out:
             for span, samples in planner.plan(_watched(rt, job_id, Path(job.audio_path))):
                 out.write(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
