@@ -375,6 +375,33 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
     assert (response.status_code, response.json()["error"]["param"]) == (400, "webhook_url")
 
 
+def test_a_delivery_still_retrying_when_its_job_is_deleted_leaves_no_record_once_it_ends(
+    jobs: Jobs, tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes, int]]]
+) -> None:
+    url, tries = receiver
+    audio_path, _ = recording(tmp_path, 1, seed=12)
+    with audio_path.open("rb") as file:
+        job_id = requests.post(
+            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
+        ).json()["job_id"]
+    deadline = time.monotonic() + 60
+    while not any(h["webhook-id"] == f"{job_id}.job.completed" for h, _, _ in tries):  # the first try: 500
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert requests.delete(f"{jobs.url}/jobs/{job_id}", timeout=30).status_code == 204  # it retries in 1 s
+    assert _events(tries, f"{job_id}.job.completed") == [500, 500, 200]  # the delivery went on
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.closing(sqlite3.connect(jobs.data_dir / "aviary.sqlite")) as database:
+            kept = database.execute(
+                "SELECT workflow_uuid FROM workflow_status WHERE workflow_uuid LIKE ?", (f"%{job_id}%",)
+            ).fetchall()
+        if not kept:
+            break  # the delivery's record, whose input held the transcript, went once it ended
+        assert time.monotonic() < deadline, kept
+        time.sleep(0.2)
+
+
 def test_deleting_a_running_job_tells_its_webhook_it_was_cancelled(
     jobs: Jobs, tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes, int]]]
 ) -> None:

@@ -41,6 +41,8 @@ START_PATIENCE_SECONDS: Final = 60.0
 STEP_PATIENCE_SECONDS: Final = 600.0
 """How long a job's step waits for an unreachable jobs database before it fails (and the job with it)."""
 _GAVE_UP: Final = frozenset({"ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
+_UNDER_WAY: Final = frozenset({"PENDING", "ENQUEUED"})
+"""A workflow status that may still run (a delivery retrying, or waiting for a worker)."""
 
 
 def _executor_id(settings: Settings) -> str:
@@ -189,11 +191,12 @@ class Jobs:
         return self.store.get(job.id) or job
 
     def housekeeping(self) -> None:
-        """Fail the running jobs DBOS has given up on (so lists, webhooks and the disk hear of it), then purge."""
+        """Fail the running jobs DBOS has given up on (so lists, webhooks and the disk hear of it), purge, sweep."""
         running, _ = self.store.list("processing", limit=1000)
         for job in running:
             self._reconcile(job)
         self.purge()
+        self.sweep()
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a pending or running job: its workflow stops before its next chunk, its audio is removed.
@@ -237,12 +240,32 @@ class Jobs:
             self._withdraw(job_id)
             notify(job_id)  # it was cancelled: its webhook hears so, as after POST .../cancel
         DBOS.delete_workflow(job_id)
+        under_way = []
         for delivery in webhooks.delivery_ids(job_id):  # their recorded input is the job's document: its result
             status = DBOS.get_workflow_status(delivery)
-            if status is not None and status.status not in {"PENDING", "ENQUEUED"}:  # delivered, or given up
+            if status is not None and status.status in _UNDER_WAY:  # still trying: deleted once it ends
+                under_way.append(delivery)
+            elif status is not None:  # delivered, or given up
                 DBOS.delete_workflow(delivery)
+        if under_way:
+            self.store.leave(under_way)
         remove_audio(self.settings, job_id, job.audio_path)
         self.store.delete(job_id)
+
+    def sweep(self) -> list[str]:
+        """Delete the records of deleted jobs' deliveries that have ended since; the ids deleted."""
+        from dbos import DBOS
+
+        swept = []
+        for delivery in self.store.left():
+            status = DBOS.get_workflow_status(delivery)
+            if status is not None and status.status in _UNDER_WAY:
+                continue
+            if status is not None:
+                DBOS.delete_workflow(delivery)
+                swept.append(delivery)
+            self.store.forget(delivery)
+        return swept
 
     def purge(self) -> list[str]:
         """Forget jobs that ended more than `job_retention_seconds` ago (rows, results, workflow records)."""

@@ -74,6 +74,13 @@ attempts_table = sa.Table(
 )
 """Tries of a job's current step: more than one means its process died on that step (a row only while so)."""
 
+leftovers_table = sa.Table(
+    "aviary_deleted_deliveries",
+    _metadata,
+    sa.Column("workflow_id", sa.String(255), primary_key=True),
+)
+"""Webhook deliveries of deleted jobs still under way at the delete: their records go once they end."""
+
 
 @dataclass(frozen=True)
 class Job:
@@ -253,6 +260,30 @@ class JobStore:
             if not connection.execute(more).rowcount:
                 connection.execute(attempts_table.insert().values(id=job_id, attempts=1))
             return int(connection.execute(sa.select(attempts_table.c.attempts).where(where)).scalar_one())
+
+    @_retried
+    def leave(self, workflow_ids: Sequence[str]) -> None:
+        """Note deliveries whose records must be deleted once they end (their job is gone)."""
+        with self.engine.begin() as connection:
+            known = set(
+                connection.execute(
+                    sa.select(leftovers_table.c.workflow_id).where(leftovers_table.c.workflow_id.in_(workflow_ids))
+                ).scalars()
+            )
+            for workflow_id in (w for w in workflow_ids if w not in known):
+                connection.execute(leftovers_table.insert().values(workflow_id=workflow_id))
+
+    @_retried
+    def left(self) -> list[str]:
+        """Deliveries noted by `leave` and not yet forgotten."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(sa.select(leftovers_table.c.workflow_id)).scalars())
+
+    @_retried
+    def forget(self, workflow_id: str) -> None:
+        """A delivery noted by `leave` has had its record deleted."""
+        with self.engine.begin() as connection:
+            connection.execute(leftovers_table.delete().where(leftovers_table.c.workflow_id == workflow_id))
 
     @_retried
     def attempted(self, job_id: str) -> None:
