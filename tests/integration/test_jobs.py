@@ -327,6 +327,14 @@ def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes, int]]]]:
         httpd.server_close()
 
 
+def _submit_with_webhook(jobs: Jobs, path: Path, url: str) -> str:
+    with path.open("rb") as file:
+        response = requests.post(
+            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
+        )
+    return str(response.json()["job_id"])
+
+
 def _events(tries: list[tuple[dict[str, str], bytes, int]], event_id: str, seconds: float = 60) -> list[int]:
     deadline = time.monotonic() + seconds
     while not any(h["webhook-id"] == event_id and code == 200 for h, _, code in tries):
@@ -340,17 +348,11 @@ def test_webhooks_are_signed_retried_and_delivered_once_per_event(
 ) -> None:
     url, tries = receiver
     audio_path, _ = recording(tmp_path, 2, seed=11)
-    with audio_path.open("rb") as file:
-        job_id = requests.post(
-            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
-        ).json()["job_id"]
+    job_id = _submit_with_webhook(jobs, audio_path, url)
     assert _events(tries, f"{job_id}.job.completed") == [500, 500, 200]  # retried with backoff, then accepted
     notes = tmp_path / "cut.mp3"
     notes.write_bytes(cut_mp3(clip("en-digits-6.wav"), SAMPLE_RATE))  # accepted; its job fails
-    with notes.open("rb") as file:
-        failed_id = requests.post(
-            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
-        ).json()["job_id"]
+    failed_id = _submit_with_webhook(jobs, notes, url)
     assert _events(tries, f"{failed_id}.job.failed")[-1] == 200
     verifier = Webhook(SECRET)
     for headers, body, _ in tries:
@@ -380,10 +382,7 @@ def test_a_delivery_still_retrying_when_its_job_is_deleted_leaves_no_record_once
 ) -> None:
     url, tries = receiver
     audio_path, _ = recording(tmp_path, 1, seed=12)
-    with audio_path.open("rb") as file:
-        job_id = requests.post(
-            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
-        ).json()["job_id"]
+    job_id = _submit_with_webhook(jobs, audio_path, url)
     deadline = time.monotonic() + 60
     while not any(h["webhook-id"] == f"{job_id}.job.completed" for h, _, _ in tries):  # the first try: 500
         assert time.monotonic() < deadline
@@ -407,10 +406,7 @@ def test_deleting_a_running_job_tells_its_webhook_it_was_cancelled(
 ) -> None:
     url, tries = receiver
     path, _ = recording(tmp_path, 120, seed=12)  # ~8 minutes: still running when it is deleted
-    with path.open("rb") as file:
-        job_id = requests.post(
-            f"{jobs.url}/transcribe/async", files={"file": file}, data={"webhook_url": url}, timeout=60
-        ).json()["job_id"]
+    job_id = _submit_with_webhook(jobs, path, url)
     deadline = time.monotonic() + 120
     while status_of(jobs, job_id)["status"] != "processing":
         assert time.monotonic() < deadline
