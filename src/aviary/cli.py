@@ -187,17 +187,24 @@ def _serve(settings: Settings) -> int:
     """Run the API with uvicorn until interrupted; 3 (uvicorn's startup failure) when it could not start.
 
     The port is bound before the application starts, so a port in use is reported at once (uvicorn's
-    own message, exit status 3), not after the model has been loaded or downloaded.
+    own message, exit status 3), not after the model has been loaded or downloaded. Then the jobs
+    database is waited for as the app will (`DatabaseUnavailableError`: one line, exit status 1).
     """
     import uvicorn
 
     from aviary.api import create_app
+    from aviary.jobs import open_store
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path, log_level="info"
     )
     server = uvicorn.Server(config)
     listening = config.bind_socket()  # exits with uvicorn's message and status 3 when it cannot bind
+    try:
+        open_store(settings).close()
+    except BaseException:
+        listening.close()
+        raise
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut the app down on Ctrl-C, then re-raised it
         server.run(sockets=[listening])
     return 0 if server.started else STARTUP_FAILURE

@@ -212,14 +212,15 @@ def test_what_jobs_keep_on_disk_is_readable_by_the_servers_user_only(jobs: Jobs,
         assert (jobs.data_dir / kept).stat().st_mode & 0o077 == 0, kept
 
 
-def test_a_jobs_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"]])
+def test_a_jobs_database_that_cannot_be_used_is_one_line(tmp_path: Path, command: list[str]) -> None:
     for url, reason in [
         ("nonsense", "Aviary keeps jobs in sqlite:///path/file or postgresql://user@host/database."),
         ("mysql://u:pw@127.0.0.1/db", "Aviary keeps jobs in sqlite:///path/file or postgresql://user@host/database."),
     ]:
         environment = {**os.environ, "AVIARY_DATA_DIR": str(tmp_path), "AVIARY_DATABASE_URL": url}
         done = subprocess.run(
-            [AVIARY, "worker"], capture_output=True, text=True, env=environment, timeout=120, check=False
+            [AVIARY, *command], capture_output=True, text=True, env=environment, timeout=120, check=False
         )
         assert done.returncode == 1
         assert done.stderr.splitlines()[-1].startswith("aviary: error: [database_unavailable] The jobs database "), (

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from aviary.config import Settings
     from aviary.engine.registry import Registry
 
-__all__ = ["QUEUE", "Job", "JobStore", "Jobs"]
+__all__ = ["QUEUE", "Job", "JobStore", "Jobs", "open_store"]
 
 logger = logging.getLogger(__name__)
 QUEUE: Final = "aviary-jobs"
@@ -77,11 +77,8 @@ class Jobs:
         from aviary.jobs import webhooks, workflows
 
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # uploads, audio and transcripts
-        if settings.database_url is None:  # SQLite: this process's own file (its -wal and -shm take its mode)
-            (settings.data_dir / "aviary.sqlite").touch(mode=0o600)
         url = settings.jobs_database_url()
-        self._store = _connect(url)
+        self._store = open_store(settings)
         steps = self._store.patient(STEP_PATIENCE_SECONDS)  # a database restart must not fail running jobs
         workflows.install(workflows.Runtime(settings, self._registry, self._decoder, steps))
         webhooks.install(settings)
@@ -384,6 +381,18 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The job table of `settings` (its data directory made), once the database answers.
+
+    Raises:
+        DatabaseUnavailableError: not a URL Aviary can use, or no answer within `START_PATIENCE_SECONDS`.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # uploads, audio and transcripts
+    if settings.database_url is None:  # SQLite: this process's own file (its -wal and -shm take its mode)
+        (settings.data_dir / "aviary.sqlite").touch(mode=0o600)
+    return _connect(settings.jobs_database_url())
 
 
 def _connect(url: str) -> JobStore:
