@@ -12,6 +12,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from huggingface_hub import constants as hub_constants
+from pydantic import SecretStr
 
 from aviary.api import create_app
 from aviary.config import Settings
@@ -166,6 +167,25 @@ def test_health_says_why_the_model_runs_on_the_cpu_when_cuda_was_asked_for(
         health = client.get("/health").json()
     assert (health["status"], health["device"]) == ("healthy", "cpu")
     assert health["device_fallback"].startswith("CUDA failed to initialise")
+
+
+def test_ready_answers_503_until_the_default_model_serves_and_needs_no_key(tmp_path: Path) -> None:
+    config = Settings(model=str(tmp_path), upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data")
+    loaded = threading.Event()
+
+    def load(source: Source, path: Path) -> Engine:
+        del source, path
+        loaded.wait(60)
+        return FakeEngine()
+
+    config = config.model_copy(update={"api_keys": [SecretStr("k")]})
+    with TestClient(create_app(config, registry=Registry(config, loader=load))) as client:
+        loading = client.get("/ready")
+        loaded.set()
+        _until(lambda: client.get("/ready").status_code == 200)
+        ready = client.get("/ready").json()
+    assert (loading.status_code, loading.json()["status"], loading.json()["model_loaded"]) == (503, "loading", False)
+    assert (ready["status"], ready["model_loaded"]) == ("healthy", True)
 
 
 def test_a_default_model_whose_load_crashes_is_degraded_not_loading_forever(

@@ -45,12 +45,13 @@ def test_aviary_serve_loads_the_default_model_and_reports_it() -> None:
         assert "en" in info["supported_languages"]
         assert info["endpoints"]["health"] == "/health"
         assert get_json(port, "/openapi.json")[1]["info"]["title"] == "Aviary"
-        for path in ("/health", "/"):  # monitors and `wget --spider` ask with HEAD
+        for path in ("/health", "/ready", "/"):  # monitors and `wget --spider` ask with HEAD
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             connection.request("HEAD", path)
             head = connection.getresponse()
             assert (head.status, head.getheader("content-type"), head.read()) == (200, "application/json", b"")
             connection.close()
+        assert get_json(port, "/ready") == (200, health | {"queue": get_json(port, "/ready")[1]["queue"]})
         assert docker_healthcheck({"PORT": str(port)}) == 0  # the original server's variable
         assert docker_healthcheck({"AVIARY_PORT": str(port), "PORT": "1"}) == 0  # which the server's own overrides
         running.process.send_signal(signal.SIGINT)
@@ -64,6 +65,7 @@ def test_a_model_that_cannot_load_is_degraded_with_its_reason(tmp_path: Path) ->
     with server([AVIARY, "serve", "--port", str(port), "--model", "canary-1b-flash"], port, env):
         health = until_settled(port)[-1]
         assert docker_healthcheck({"AVIARY_PORT": str(port)}) == 1  # the image reports itself unhealthy
+        assert get_json(port, "/ready")[0] == 503
     assert health["status"] == "degraded"
     assert health["model_loaded"] is False
     assert health["model_name"] == "canary-1b-flash"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shlex
 import shutil
@@ -86,6 +87,30 @@ def test_the_server_requirements_are_the_locks_runtime_closure() -> None:
     pins = (ROOT / "requirements" / "server.txt").read_text(encoding="utf-8")
     for absent in ("torch", "nemo", "pytest", "openai"):
         assert f"\n{absent}" not in pins.lower()
+
+
+def test_the_nemo_image_pins_the_locks_versions_with_pypis_cuda_torch(tmp_path: Path) -> None:
+    """The nemo stage's constraints are the lock's, torch's `+cpu` build label dropped (else nothing resolves)."""
+    run = next(r for r in dockerfile_instructions("RUN") if "nemo_toolkit" in r)
+    derive = run.split(" && ", 1)[0].replace("/src/requirements/", f"{tmp_path}/")
+    shutil.copy(ROOT / "requirements" / "lock.txt", tmp_path / "lock.txt")
+    subprocess.run(derive, shell=True, check=True, timeout=30)  # noqa: S602 - the Dockerfile's own command line
+    lock = (tmp_path / "lock.txt").read_text(encoding="utf-8").splitlines()
+    derived = (tmp_path / "cuda.txt").read_text(encoding="utf-8").splitlines()
+    assert "--constraint /src/requirements/cuda.txt" in run
+    assert [line for line in derived if "+" in line.split("#")[0]] == []
+    torch = next(line for line in lock if line.startswith("torch=="))
+    assert torch.endswith("+cpu")
+    assert derived == [line.removesuffix("+cpu") if line == torch else line for line in lock]
+
+
+def test_the_image_keeps_jobs_models_and_uploads_on_its_volume() -> None:
+    image_env = dict(
+        pair.split("=", 1) for args in dockerfile_instructions("ENV") for pair in shlex.split(args) if "=" in pair
+    )
+    (volume,) = json.loads(dockerfile_instructions("VOLUME")[0])
+    for name in ("AVIARY_DATA_DIR", "AVIARY_UPLOAD_DIR", "HF_HOME"):
+        assert Path(image_env[name]).is_relative_to(volume), name
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,9 +47,13 @@ def docker_healthcheck(env: dict[str, str]) -> int:
 
 
 def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    """GET `path` and parse the JSON answer."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-        return response.status, json.loads(response.read())
+    """GET `path` and parse the JSON answer (of an error status too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
 
 
 @dataclass

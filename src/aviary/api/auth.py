@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OPEN_PATHS", "ApiKeyMiddleware"]
 
-OPEN_PATHS: Final = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS: Final = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 """Paths that answer without a key: health checks (the AppHost's, Docker's) and the API docs."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from aviary import __version__
 from aviary.engine.registry import KNOWN
@@ -94,5 +95,21 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
-for _path, _endpoint in (("/", root), ("/health", health)):  # monitors and `wget --spider` send HEAD
+@router.get(
+    "/ready",
+    summary="200 once the default model serves, else 503 (for probes that read only the status code)",
+    responses={503: {"description": "Loading, or the default model cannot be served: `/health`'s body says why."}},
+)
+async def ready(request: Request) -> JSONResponse:
+    """`/health`'s body, with status 200 when `model_loaded` (synchronous transcription works) and 503 before.
+
+    `/health` answers 200 whatever the state, as the original server's did and its clients expect;
+    Docker's HEALTHCHECK, Kubernetes' readiness probes and Aspire's `WithHttpHealthCheck` judge by
+    the status code, so they ask here.
+    """
+    body = await health(request)
+    return JSONResponse(body, status_code=200 if body["model_loaded"] else 503)
+
+
+for _path, _endpoint in (("/", root), ("/health", health), ("/ready", ready)):  # monitors and `wget --spider` send HEAD
     router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
