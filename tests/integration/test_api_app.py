@@ -169,6 +169,19 @@ def test_health_says_why_the_model_runs_on_the_cpu_when_cuda_was_asked_for(
     assert health["device_fallback"].startswith("CUDA failed to initialise")
 
 
+def test_the_schema_names_the_key_and_database_statuses_of_every_route(tmp_path: Path) -> None:
+    from aviary.api.auth import OPEN_PATHS
+
+    schema = create_app(Settings(model=str(tmp_path), data_dir=tmp_path / "data")).openapi()
+    routes = [(path, method, op["responses"]) for path, ops in schema["paths"].items() for method, op in ops.items()]
+    assert len(routes) > 10
+    for path, method, responses in routes:
+        if path not in OPEN_PATHS:
+            assert "invalid_api_key" in responses["401"]["description"], (method, path)
+        if path.startswith("/jobs") or path == "/transcribe/async":
+            assert "database_unavailable" in responses["503"]["description"], (method, path)
+
+
 def test_ready_answers_503_until_the_default_model_serves_and_needs_no_key(tmp_path: Path) -> None:
     config = Settings(model=str(tmp_path), upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data")
     loaded = threading.Event()

@@ -27,9 +27,18 @@ if TYPE_CHECKING:
     from aviary.jobs import Job, Jobs
 
 router = APIRouter()
-_KEY: Final = {401: "invalid_api_key (when API keys are configured)"}
+_DATABASE: Final = "database_unavailable (with Retry-After): the jobs database does not answer"
+_KEY: Final = {401: "invalid_api_key (when API keys are configured)", 503: _DATABASE}
 _FOUND: Final = {**_KEY, 404: "job_not_found"}
-_SUBMIT: Final = {**ERRORS, **error_responses({409: "idempotency_conflict: the key was used for another file"})}
+_SUBMIT: Final = {
+    **ERRORS,
+    **error_responses(
+        {
+            409: "idempotency_conflict: the key was used for another file",
+            503: "server_busy (with Retry-After), model_unavailable, or " + _DATABASE,
+        }
+    ),
+}
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 

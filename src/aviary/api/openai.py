@@ -94,7 +94,12 @@ async def translations(request: Request) -> Response:
     return await _run(request, "translate")
 
 
-@router.get("/models", summary="Models this server can serve", response_model=ModelList)
+@router.get(
+    "/models",
+    summary="Models this server can serve",
+    response_model=ModelList,
+    responses=error_responses({401: "invalid_api_key (when API keys are configured)"}),
+)
 async def list_models(request: Request) -> ModelList:
     """The default model, the aliases, the registry names, and OpenAI's names while they are aliases too.
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from aviary import __version__
+from aviary.api.schemas import error_responses
 from aviary.engine.registry import KNOWN
 
 if TYPE_CHECKING:
@@ -27,7 +28,11 @@ def _service(request: Request) -> Service:
     return service
 
 
-@router.get("/", summary="API information and links")
+@router.get(
+    "/",
+    summary="API information and links",
+    responses=error_responses({401: "invalid_api_key (when API keys are configured)"}),
+)
 async def root(request: Request) -> dict[str, Any]:
     """Service, version, the seed's two model names (with what they stand for), languages, endpoints."""
     service = _service(request)
