@@ -169,6 +169,21 @@ def test_health_says_why_the_model_runs_on_the_cpu_when_cuda_was_asked_for(
     assert health["device_fallback"].startswith("CUDA failed to initialise")
 
 
+def test_a_registry_model_is_checked_against_the_request_before_it_is_fetched(tmp_path: Path) -> None:
+    def post(path: str, **data: str) -> tuple[int, str]:
+        response = client.post(path, files={"file": ("a.wav", TONE)}, data=data)
+        return response.status_code, response.json()["error"]["code"]
+
+    with _client(tmp_path, FakeEngine(), offline=True, cache_dir=tmp_path / "hub") as client:
+        for path in ("/transcribe", "/transcribe/async", "/v1/audio/transcriptions"):
+            assert post(path, model="canary-1b-flash", language="pl") == (400, "unsupported_language"), path
+        assert post("/v1/audio/translations", model="parakeet-tdt-0.6b-v3") == (400, "unsupported_task")
+        assert post("/v1/audio/translations", model="canary-1b-flash") == (400, "invalid_option")  # no language
+        # What the model can do is not refused before it is fetched: here it cannot be (offline).
+        assert post("/transcribe", model="canary-1b-flash", language="de") == (503, "model_unavailable")
+        assert post("/v1/audio/translations", model="canary-1b-flash", language="de") == (503, "model_unavailable")
+
+
 def test_the_schema_names_the_key_and_database_statuses_of_every_route(tmp_path: Path) -> None:
     from aviary.api.auth import OPEN_PATHS
 

@@ -108,9 +108,10 @@ async def transcribe_async(
     settings = service.settings
     async with received_form(request, settings) as form:
         fields, upload = validate_form(AsyncForm, form)
-        engine = await service.engine(service.api_model(fields.model))
-        options, language = seed_options(engine, fields.language)
-        engine.info.check(options)
+        engine, options = await service.engine_for(
+            service.api_model(fields.model), lambda info: seed_options(info, fields.language)[0]
+        )
+        language = seed_options(engine.info, fields.language)[1]
         # What is plainly not usable audio (empty, not media, no audio stream, too long) is refused now,
         # as /transcribe refuses it; what only decoding finds fails the job.
         await anyio.to_thread.run_sync(service.decoder.probe, upload.path)

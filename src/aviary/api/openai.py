@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from aviary.api.service import Service
-    from aviary.engine.base import Engine
+    from aviary.engine.base import ModelInfo
     from aviary.types import Transcript
 
 router = APIRouter(prefix="/v1")
@@ -150,9 +150,8 @@ async def _run(request: Request, task: Task) -> Response:
         fmt = parse_format(fields.response_format)
         if fields.stream and fmt not in _STREAMABLE:
             raise InvalidOptionError(option="stream", value=True, expected=f"false with response_format {fmt}")
-        engine = await _engine(service, fields.model, task)
-        options = _options(engine, fields, task)
-        engine.info.check(options)
+        name = await _model_for(service, fields.model, task)
+        engine, options = await service.engine_for(name, lambda info: _options(info, fields, task))
         if fields.stream:
             parts = service.transcribe_parts(engine, upload.path, options)
             first = await anext(parts)  # errors before the first chunk keep their status
@@ -164,12 +163,14 @@ async def _run(request: Request, task: Task) -> Response:
     return Response(body, media_type=media_type(fmt))
 
 
-async def _engine(service: Service, requested: str, task: Task) -> Engine:
+async def _model_for(service: Service, requested: str, task: Task) -> str:
     """The model `requested` names; OpenAI's names translate with the `canary` alias when the default cannot."""
-    engine = await service.engine(_model_name(service, requested))
-    if task == "translate" and requested in OPENAI_MODELS and not engine.info.translation:
-        return await service.engine(service.api_model("canary"))
-    return engine
+    name = _model_name(service, requested)
+    if task == "translate" and requested in OPENAI_MODELS:
+        info = service.registry.describe(name) or (await service.engine(name)).info
+        if not info.translation:
+            return service.api_model("canary")
+    return name
 
 
 def _model_name(service: Service, requested: str) -> str:
@@ -180,11 +181,11 @@ def _model_name(service: Service, requested: str) -> str:
     return service.api_model(requested)
 
 
-def _options(engine: Engine, fields: OpenAIForm, task: Task) -> TranscribeOptions:
+def _options(model: ModelInfo, fields: OpenAIForm, task: Task) -> TranscribeOptions:
     language = language_code(fields.language) if fields.language else None
     if language is not None and not _LANGUAGE.fullmatch(language):
         raise InvalidOptionError(option="language", value=fields.language, expected="an ISO-639-1 code such as 'en'")
-    if engine.info.family == "aed" and language is None:
+    if model.family == "aed" and language is None:
         if task == "translate":
             raise InvalidOptionError(
                 option="language", value=None, expected="the spoken language: Canary needs it to translate"

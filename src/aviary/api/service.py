@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from aviary.audio import IsolatedDecoder
     from aviary.config import Settings
-    from aviary.engine.base import Engine
+    from aviary.engine.base import Engine, ModelInfo
     from aviary.types import Transcript
 
 Status = Literal["loading", "healthy", "degraded"]
@@ -212,6 +212,23 @@ class Service:
     async def engine(self, name: str) -> Engine:
         """The loaded engine for `name` (loading it in a thread on first use)."""
         return await anyio.to_thread.run_sync(self.registry.get, name)  # the registry loads each model once
+
+    async def engine_for(
+        self, name: str, options: Callable[[ModelInfo], TranscribeOptions]
+    ) -> tuple[Engine, TranscribeOptions]:
+        """The engine for `name` and the `options` it gets, checked before a registry model is fetched or loaded.
+
+        Raises:
+            RequestError: the model cannot honour the options (a language it does not speak, say):
+                refused before gigabytes are downloaded for nothing.
+        """
+        known = self.registry.describe(name)
+        if known is not None:
+            known.check(options(known))
+        engine = await self.engine(name)
+        chosen = options(engine.info)
+        engine.info.check(chosen)
+        return engine, chosen
 
     async def transcribe(
         self,

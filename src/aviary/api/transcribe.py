@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from aviary.api.service import Service
     from aviary.api.uploads import Form
     from aviary.config import Settings
-    from aviary.engine.base import Engine
+    from aviary.engine.base import ModelInfo
     from aviary.types import Transcript
 
 router = APIRouter()
@@ -61,9 +61,10 @@ async def transcribe(request: Request) -> SeedResult:
     """Transcribe the `file` field with `model`; segments unless `include_timestamps` is false."""
     async with admitted_upload(request) as (service, form):
         fields, upload = validate_form(SeedForm, form)
-        engine = await service.engine(service.api_model(fields.model))
-        options, language = seed_options(engine, fields.language)
-        engine.info.check(options)
+        engine, options = await service.engine_for(
+            service.api_model(fields.model), lambda info: seed_options(info, fields.language)[0]
+        )
+        language = seed_options(engine.info, fields.language)[1]
         transcript = await service.transcribe(engine, upload.path, options, disconnected=lambda: client_gone(request))
     return seed_result(transcript, fields, filename=upload.filename, language=language)
 
@@ -92,9 +93,9 @@ def received_form(request: Request, settings: Settings) -> AbstractAsyncContextM
     )
 
 
-def seed_options(engine: Engine, language: str | None) -> tuple[TranscribeOptions, str | None]:
+def seed_options(model: ModelInfo, language: str | None) -> tuple[TranscribeOptions, str | None]:
     """The options for the seed's `language` field, and the language the result reports."""
-    if engine.info.family == "aed":  # Canary: the language is the prompt's source and target ("de-DE" is "de")
+    if model.family == "aed":  # Canary: the language is the prompt's source and target ("de-DE" is "de")
         language = language_code(language) if language else "en"
         return TranscribeOptions(language=language), language
     return TranscribeOptions(), language  # Parakeet: detects the language; the field is echoed back

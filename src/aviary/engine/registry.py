@@ -50,10 +50,16 @@ class KnownModel:
     languages: tuple[str, ...]
     description: str
 
+    @property
+    def info(self) -> ModelInfo:
+        """What the model can do, as its loaded engine will say (its device aside), known before fetching it."""
+        family: Family = "aed" if self.name.startswith("canary") else "tdt"
+        aed = family == "aed"
+        return ModelInfo(self.name, "onnx", family, "cpu", self.languages, translation=aed, timestamps=not aed)
+
     def check(self, options: TranscribeOptions) -> None:
         """Raise the `RequestError` the loaded model would raise for `options` (before fetching or loading it)."""
-        family: Family = "aed" if self.name.startswith("canary") else "tdt"
-        ModelInfo(self.name, "onnx", family, "cpu", self.languages, translation=family == "aed").check(options)
+        self.info.check(options)
 
 
 KNOWN: dict[str, KnownModel] = {
@@ -225,6 +231,21 @@ class Registry:
         """The batchers started so far."""
         with self._guard:
             return list(self._batchers.values())
+
+    def describe(self, name: str) -> ModelInfo | None:
+        """What the model `name` can do, without loading it; None for a path or repository not loaded yet.
+
+        A loaded model's engine says; a registry model not loaded yet is described by the registry.
+
+        Raises:
+            ModelNotFoundError: nothing of that name exists.
+        """
+        source = self.resolve(name)
+        with self._guard:
+            engine = self._engines.get(source)
+        if engine is not None:
+            return engine.info
+        return source.known.info if source.known is not None else None
 
     def loaded(self) -> list[Engine]:
         """Engines loaded so far."""
