@@ -78,10 +78,11 @@ class ModelUnavailableError(ModelError):
 
     code = "model_unavailable"
 
-    def __init__(self, model: str, reason: str) -> None:
-        """Name the model, why it is unavailable, and what to do."""
+    def __init__(self, model: str, reason: str, *, engine: str = "onnx") -> None:
+        """Name the model, why it is unavailable, and what to do (the pull for the files of `engine`)."""
+        pull = f"aviary models pull {model}" + (f" --engine {engine}" if engine != "onnx" else "")
         super().__init__(
-            f"The model '{model}' is not available: {reason}. Download it with `aviary models pull {model}` "
+            f"The model '{model}' is not available: {reason}. Download it with `{pull}` "
             "while online, or point at a local model directory or .nemo file."
         )
         self.model = model

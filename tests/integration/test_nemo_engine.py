@@ -246,3 +246,16 @@ def test_importing_the_module_does_not_import_torch() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_thread_setting_sizes_torchs_pool() -> None:
+    pytest.importorskip("nemo.collections.asr")
+    code = (
+        "import sys, torch; from aviary.config import Settings; from aviary.engine.registry import Registry; "
+        "Registry(Settings(threads=1, device='cpu')).get(sys.argv[1]); print(torch.get_num_threads())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("OMP_NUM_THREADS", None)  # torch would start with it
+    model = str(ROOT / "tests" / "fixtures" / "models" / "parakeet-digits" / "model.nemo")
+    result = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip().splitlines()[-1] == "1"

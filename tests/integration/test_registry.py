@@ -69,8 +69,11 @@ def test_offline_and_not_cached_is_model_unavailable_with_what_to_do(tmp_path: P
     assert error.value.code == "model_unavailable"
     message = str(error.value)
     assert "parakeet-tdt-0.6b-v2" in message
-    assert "aviary models pull parakeet-tdt-0.6b-v2" in message
+    assert "`aviary models pull parakeet-tdt-0.6b-v2` while online" in message
     assert str(tmp_path) not in message
+    with pytest.raises(ModelUnavailableError) as error:
+        registry(tmp_path, engine="nemo").get("canary")
+    assert "`aviary models pull canary-1b-v2 --engine nemo` while online" in str(error.value)  # NeMo's files
 
 
 def test_cached_hub_model_loads_offline_and_transcribes(tmp_path: Path) -> None:

@@ -216,7 +216,12 @@ class NemoEngine:
 
 
 def load_nemo_engine(
-    source: str | Path, name: str, *, device: Literal["auto", "cpu", "cuda"], languages: tuple[str, ...] = ()
+    source: str | Path,
+    name: str,
+    *,
+    device: Literal["auto", "cpu", "cuda"],
+    languages: tuple[str, ...] = (),
+    threads: int = 0,
 ) -> NemoEngine:
     """Load a `.nemo` file, or a hub model such as `nvidia/parakeet-tdt-0.6b-v2`, as a NeMo engine.
 
@@ -225,6 +230,8 @@ def load_nemo_engine(
         name: the name the model is known by (in errors and `info`).
         device: "cuda" or "auto" use CUDA when torch has it, and fall back to the CPU (with a warning).
         languages: what a TDT model is documented to speak (Canary's come from its tokenizer).
+        threads: torch's CPU threads (0: torch's default, every core). torch has one pool per process,
+            so this sets it for every NeMo model the process runs.
 
     Returns:
         The engine; `info.device` says where it runs.
@@ -234,6 +241,10 @@ def load_nemo_engine(
         ModelUnavailableError: the hub model is not cached and cannot be downloaded now.
         InvalidModelError: NeMo cannot load the file, or it is not a TDT/RNN-T or Canary model.
     """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     path = Path(source)
     hub = isinstance(source, str) and _looks_like_repo(source) and not path.exists()
     if not hub and not path.exists():
@@ -256,7 +267,7 @@ def _download(repo: str, name: str) -> Path:
         raise ModelNotFoundError(name) from exc
     except Exception as exc:
         reason = f"downloading it from the Hugging Face Hub failed ({type(exc).__name__})"
-        raise ModelUnavailableError(name, reason) from exc
+        raise ModelUnavailableError(name, reason, engine="nemo") from exc
 
 
 def _restore(path: Path, name: str) -> Any:  # noqa: ANN401 - a NeMo ASRModel

@@ -279,9 +279,10 @@ class Registry:
                 if offline or hf_constants.HF_HUB_OFFLINE
                 else f"it is not in the Hugging Face cache and downloading {source.location} failed (no connection)"
             )
-            raise ModelUnavailableError(source.name, reason) from exc
+            raise ModelUnavailableError(source.name, reason, engine=source.engine) from exc
         except (HfHubHTTPError, OSError) as exc:
-            raise ModelUnavailableError(source.name, f"downloading {source.location} failed") from exc
+            failed = f"downloading {source.location} failed"
+            raise ModelUnavailableError(source.name, failed, engine=source.engine) from exc
         if source.engine == "nemo":
             return next(Path(folder).glob("*.nemo"), Path(folder))
         return Path(folder)
@@ -310,7 +311,9 @@ class Registry:
         if source.engine == "nemo":
             from aviary.engine.nemo import load_nemo_engine
 
-            return load_nemo_engine(path, source.name, device=settings.device, languages=languages)
+            return load_nemo_engine(
+                path, source.name, device=settings.device, languages=languages, threads=settings.threads
+            )
         options = RuntimeOptions(
             device=settings.device,
             intra_op_threads=settings.threads,
