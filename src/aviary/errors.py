@@ -119,6 +119,18 @@ class UnsupportedLanguageError(RequestError):
         self.param = "language"
 
 
+class UnsupportedTranslationError(RequestError):
+    """Canary translates to and from English, not between two other languages."""
+
+    code = "unsupported_language"
+
+    def __init__(self, source: str, target: str, model: str) -> None:
+        """Name the pair and the model."""
+        super().__init__(f"The model '{model}' translates to and from English only, not from '{source}' to '{target}'.")
+        self.language = target
+        self.param = "target_language"
+
+
 class UnsupportedTaskError(RequestError):
     """The model cannot do this task (e.g. translation on a transcription-only model)."""
 

@@ -16,7 +16,13 @@ import pytest
 from aviary.engine.onnx import RuntimeOptions, SessionFactory, load_onnx_engine, read_model_dir
 from aviary.engine.tdt import TdtEngine
 from aviary.engine.tdt_decoder import FusedDecoder, NumpyDecoder, load_step_decoder
-from aviary.errors import InvalidModelError, ModelNotFoundError, UnsupportedLanguageError, UnsupportedTaskError
+from aviary.errors import (
+    InvalidModelError,
+    ModelNotFoundError,
+    UnsupportedLanguageError,
+    UnsupportedTaskError,
+    UnsupportedTranslationError,
+)
 from aviary.types import SAMPLE_RATE, TranscribeOptions
 from tests.support.fixtures import FRAME_SECONDS, MODELS, PARAKEETS, canary_options, clip, golden
 
@@ -163,6 +169,14 @@ def test_requests_a_model_cannot_serve_are_refused() -> None:
     english_only = load_onnx_engine(MODELS / "parakeet-digits", "p", CPU, languages=("en",))
     with pytest.raises(UnsupportedLanguageError):
         english_only.transcribe([clip("en-digits-3.wav")], [TranscribeOptions(language="de")])
+    canary, german = engine("canary-digits"), [clip("canary-de-1.wav")]
+    with pytest.raises(UnsupportedTranslationError) as pair:  # to and from English only
+        canary.transcribe(german, [TranscribeOptions(language="de", task="translate", target_language="es")])
+    assert (pair.value.code, pair.value.param) == ("unsupported_language", "target_language")
+    assert str(pair.value) == "The model 'canary-digits' translates to and from English only, not from 'de' to 'es'."
+    for source, target in (("de", "en"), ("en", "de"), ("de", None)):
+        options = TranscribeOptions(language=source, task="translate", target_language=target)
+        assert canary.transcribe(german, [options])[0].text
 
 
 def test_transcripts_name_the_language_they_are_written_in() -> None:

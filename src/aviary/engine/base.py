@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
-from aviary.errors import UnsupportedLanguageError, UnsupportedTaskError
+from aviary.errors import UnsupportedLanguageError, UnsupportedTaskError, UnsupportedTranslationError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,9 +54,14 @@ class ModelInfo:
         """Raise a `RequestError` when the model cannot honour `options`.
 
         A model that does not list its languages takes any ISO 639 code (two or three letters), nothing else.
+        Canary translates from English or into it (X -> en, en -> X), never between two other languages.
         """
         if options.task == "translate" and not self.translation:
             raise UnsupportedTaskError(options.task, self.name)
+        if options.task == "translate" and self.family == "aed":
+            source, target = options.language or "en", options.target_language or "en"
+            if source != target and "en" not in (source, target):
+                raise UnsupportedTranslationError(source, target, self.name)
         for language in (options.language, options.target_language if options.task == "translate" else None):
             if language is None:
                 continue
