@@ -63,6 +63,17 @@ def test_unknown_names_are_model_not_found(tmp_path: Path, name: str) -> None:
     assert "parakeet-tdt-0.6b-v2" in str(error.value)  # the message lists what exists
 
 
+def test_a_file_that_is_not_a_nemo_file_is_named_as_such(tmp_path: Path) -> None:
+    renamed = tmp_path / "parakeet.bin"
+    renamed.write_bytes((MODELS / "parakeet-digits" / "model.nemo").read_bytes()[:1024])
+    with pytest.raises(InvalidModelError) as error:
+        registry(tmp_path).resolve(str(renamed))
+    assert str(error.value) == (
+        f"The model '{renamed}' cannot be loaded: it is a file but not a .nemo file "
+        "(a model is a directory of ONNX files, or a .nemo file)."
+    )
+
+
 def test_offline_and_not_cached_is_model_unavailable_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError) as error:
         registry(tmp_path).get("parakeet")

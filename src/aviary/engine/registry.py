@@ -141,6 +141,7 @@ class Registry:
 
         Raises:
             ModelNotFoundError: nothing of that name exists.
+            InvalidModelError: the name is a file that cannot be a model.
         """
         requested = self.settings.aliases.get(name, name).strip()
         if not requested:
@@ -152,6 +153,9 @@ class Registry:
             return Source(requested, "onnx", "directory", str(path))
         if path.is_file() and path.suffix == ".nemo":
             return Source(requested, "nemo", "nemo-file", str(path))
+        if path.is_file():
+            reason = "it is a file but not a .nemo file (a model is a directory of ONNX files, or a .nemo file)"
+            raise InvalidModelError(requested, reason)
         parts = requested.split("/")
         if len(parts) == 2 and all(parts) and not requested.startswith((".", "~")) and path.suffix != ".nemo":  # noqa: PLR2004
             known = next((m for m in KNOWN.values() if requested in {m.nemo_repo, m.onnx_repo}), None)
