@@ -27,6 +27,7 @@ AviaryError
 │   ├── AudioTooLongError         audio_too_long
 │   ├── PayloadTooLargeError      payload_too_large
 │   └── DecodeTimeoutError        decode_timeout       (also TimeoutError)
+├── DecoderUnavailableError       decoder_unavailable  (a decoder process cannot start: the server's fault)
 ├── InferenceError                inference_failed     (also RuntimeError: the engine failed)
 ├── ServerBusyError               server_busy          (every inference slot and queue place is taken)
 ├── AuthenticationError           invalid_api_key      (a missing or wrong API key)
@@ -308,9 +309,15 @@ class AudioTooLongError(AudioError):
 
     code = "audio_too_long"
 
-    def __init__(self, limit_seconds: float) -> None:
-        """Name the limit."""
-        super().__init__(f"The audio is longer than the maximum of {limit_seconds:g} seconds.")
+    def __init__(self, limit_seconds: float, *, limit_samples: int | None = None) -> None:
+        """Name the limit that was passed: seconds, or the samples decoded before resampling."""
+        if limit_samples is not None:
+            super().__init__(
+                f"The audio holds more than {limit_samples} samples (all channels, at its own rate), "
+                "the most this server decodes of one file."
+            )
+        else:
+            super().__init__(f"The audio is longer than the maximum of {limit_seconds:g} seconds.")
 
 
 class PayloadTooLargeError(AudioError):
@@ -351,6 +358,19 @@ class InferenceError(AviaryError, RuntimeError):
     def __init__(self, model: str) -> None:
         """Name the model (the cause is chained, not shown)."""
         super().__init__(f"The model '{model}' failed while transcribing.")
+
+
+class DecoderUnavailableError(AviaryError):
+    """A decoder process exited before it was ready, whatever the input: the server cannot decode now."""
+
+    code = "decoder_unavailable"
+
+    def __init__(self) -> None:
+        """Say what failed, and the likeliest cause."""
+        super().__init__(
+            "The audio decoder could not start: its process exited before it was ready "
+            "(is AVIARY_DECODER_MEMORY_MB too small for it?)."
+        )
 
 
 class ServerBusyError(AviaryError):

@@ -114,6 +114,10 @@ def test_decoding_stops_at_the_decoded_samples_cap(speech_audio: np.ndarray) -> 
     finally:
         capped.close()
     assert getattr(error.value, "code", None) == "audio_too_long"
+    assert str(error.value) == (  # the cap it passed, not the length cap it did not
+        "The audio holds more than 1000000 samples (all channels, at its own rate), "
+        "the most this server decodes of one file."
+    )
 
 
 def test_inputs_over_the_size_cap_are_refused_before_decoding(tmp_path: Path) -> None:

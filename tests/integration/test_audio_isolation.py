@@ -17,6 +17,7 @@ from aviary.config import Settings
 from aviary.errors import (
     DecoderFailedError,
     DecoderMemoryError,
+    DecoderUnavailableError,
     DecodeTimeoutError,
     EmptyFileError,
     UnsupportedMediaError,
@@ -219,3 +220,17 @@ def test_a_child_cannot_take_more_memory_than_allowed() -> None:
         assert len(tight.decode(small)) == SAMPLE_RATE  # the same child answers the next request
     finally:
         tight.close()
+
+
+def test_a_decoder_that_cannot_start_is_the_servers_fault_not_the_files(caplog: pytest.LogCaptureFixture) -> None:
+    starved = IsolatedDecoder(AudioLimits(), idle=1, memory_mb=50)  # too little for the interpreter itself
+    wav = encode(np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE, ENCODINGS[0])
+    try:
+        starved.warm()
+        with pytest.raises(DecoderUnavailableError) as error:
+            starved.decode(wav)
+    finally:
+        starved.close()
+    assert error.value.code == "decoder_unavailable"
+    assert "AVIARY_DECODER_MEMORY_MB" in str(error.value)
+    assert "The audio decoder could not start" in caplog.text  # said at start-up (warm), before any request

@@ -24,6 +24,7 @@ from aviary.errors import (
     AudioTooLongError,
     AuthenticationError,
     AviaryError,
+    DecoderUnavailableError,
     IdempotencyConflictError,
     InferenceError,
     JobFailedError,
@@ -71,8 +72,8 @@ def status_of(error: AviaryError, path: str) -> int:
     elif isinstance(error, ModelNotFoundError):
         # The seed answers 400 for a model it does not know; OpenAI answers 404 model_not_found.
         status = 404 if path.startswith(OPENAI_PREFIX) else 400
-    elif isinstance(error, (ModelError, ServerBusyError)):
-        status = 503  # the model cannot be loaded now, or no capacity: the request itself was fine
+    elif isinstance(error, (ModelError, ServerBusyError, DecoderUnavailableError)):
+        status = 503  # the model or the decoder cannot run now, or no capacity: the request itself was fine
     elif isinstance(error, JobNotFoundError):
         status = 404
     elif isinstance(error, IdempotencyConflictError):

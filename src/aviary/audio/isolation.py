@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import struct
@@ -39,7 +40,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from aviary.audio.pyav import AudioLimits, MediaInfo, check_size, gather
-from aviary.errors import AudioError, DecoderFailedError, DecodeTimeoutError
+from aviary.errors import AudioError, DecoderFailedError, DecoderUnavailableError, DecodeTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from aviary.audio.pyav import Source
     from aviary.types import Audio
 
+logger = logging.getLogger(__name__)
 HEADER = struct.Struct("<cI")
 MAX_MESSAGE = 1 << 30
 POOL_MEMORY_SECONDS = 600.0
@@ -80,9 +82,16 @@ class _Child:
         self.started = False
 
     def wait_started(self, budget: _Budget) -> None:
-        """Read the child's `S` (started) message, once; a child that says anything else has failed."""
+        """Read the child's `S` (started) message, once; a child that says anything else has failed.
+
+        Raises:
+            DecoderUnavailableError: the child exited before it was ready (before any input).
+        """
         if not self.started:
-            kind, _ = self.receive(budget)
+            try:
+                kind, _ = self.receive(budget)
+            except EOFError as exc:
+                raise DecoderUnavailableError from exc
             if kind != b"S":
                 raise DecoderFailedError
             self.started = True
@@ -196,7 +205,9 @@ class IsolatedDecoder:
             budget.start()
             try:
                 child.wait_started(budget)
-            except (AudioError, EOFError, OSError):
+            except (AudioError, DecoderUnavailableError, EOFError, OSError) as exc:
+                if isinstance(exc, DecoderUnavailableError):
+                    logger.error("%s", exc)  # noqa: TRY400 - the cause is the setting, not a traceback
                 self._release(child, healthy=False)
                 continue
             self._release(child, healthy=True)

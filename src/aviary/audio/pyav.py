@@ -210,7 +210,7 @@ def _mono(container: av.container.InputContainer, limits: AudioLimits) -> Iterat
                 due = chunk * frame.sample_rate // SAMPLE_RATE + 1  # input samples that fill one chunk
             decoded += frame.samples * frame.layout.nb_channels
             if decoded > limits.max_input_samples:
-                raise AudioTooLongError(limits.max_seconds)
+                raise AudioTooLongError(limits.max_seconds, limit_samples=limits.max_input_samples)
             graph.push(frame)
             pending += frame.samples
             if pending >= due:  # ask only when a chunk can be ready: an empty pull raises, which costs
