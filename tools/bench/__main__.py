@@ -15,12 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     parser.add_argument(
         "benchmark",
-        choices=("engines", "canary", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile"),
+        choices=("engines", "canary", "cuda", "clips", "audio", "server", "jobs", "batching", "longfile", "roofline"),
         help="engines: CPU engines side by side; canary: Canary's decoding, rewritten vs exported vs onnx-asr"
         " (--tokens); cuda: NeMo on a GPU (--audio); clips: write the clips to --out;"
         " audio: decoding vs the ffmpeg CLI (--minutes); server: HTTP vs the engine, and --concurrent uploads;"
         " jobs: the job path vs /transcribe (--jobs); batching: concurrent clients, batcher vs batch 1 vs onnx-asr"
-        " (--clients, --requests); longfile: one long recording vs the same audio as 30 s clips (--hours)",
+        " (--clients, --requests); longfile: one long recording vs the same audio as 30 s clips (--hours);"
+        " roofline: the encoder vs the machine's fp32 matmul rate, a decoding step vs memory bandwidth",
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 60], help="audio: MP3 lengths")
     parser.add_argument(
@@ -49,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         args.model = DEFAULT_CANARY if args.benchmark == "canary" else DEFAULT_MODEL
 
-    runners = {"jobs": _http, "server": _http, "batching": _http, "longfile": _longfile, "canary": _canary}
+    runners = {
+        "jobs": _http,
+        "server": _http,
+        "batching": _http,
+        "longfile": _longfile,
+        "canary": _canary,
+        "roofline": _roofline,
+    }
     if args.benchmark in runners:
         return _emit(runners[args.benchmark](args), args.out)
     from tools.bench import audio as audio_bench
@@ -115,6 +123,13 @@ def _longfile(args: argparse.Namespace) -> dict[str, object]:
     from tools.bench import longfile
 
     return longfile.run(args.model, threads=args.threads, hours=args.hours, rounds=args.rounds, batch=args.batch)
+
+
+def _roofline(args: argparse.Namespace) -> dict[str, object]:
+    """The encoder and a decoding step against what the machine can do."""
+    from tools.bench import roofline
+
+    return roofline.run(args.model, threads=args.threads, rounds=args.rounds)
 
 
 def _emit(report: dict[str, object], out: Path | None) -> int:
