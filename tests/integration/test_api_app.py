@@ -184,6 +184,20 @@ def test_a_registry_model_is_checked_against_the_request_before_it_is_fetched(tm
         assert post("/v1/audio/translations", model="canary-1b-flash", language="de") == (503, "model_unavailable")
 
 
+def test_refusals_name_the_model_as_the_client_did_never_a_server_path(tmp_path: Path) -> None:
+    model = str(MODELS / "canary-digits")
+    config = Settings(model=model, upload_dir=tmp_path / "uploads", data_dir=tmp_path / "data", warm_up=False)
+    with TestClient(create_app(config), raise_server_exceptions=False) as client:
+        _until(lambda: client.get("/health").json()["status"] != "loading")
+        seed = client.post("/transcribe", files={"file": ("a.wav", TONE)}, data={"model": "parakeet", "language": "xx"})
+        data = {"model": "whisper-1", "language": "xx"}
+        openai_route = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", TONE)}, data=data)
+    for response, name in ((seed, "parakeet"), (openai_route, "whisper-1")):
+        assert (response.status_code, response.json()["error"]["code"]) == (400, "unsupported_language")
+        assert response.json()["error"]["message"].startswith(f"The model '{name}' does not support the language 'xx'")
+        assert model not in response.text
+
+
 def test_the_schema_names_the_key_and_database_statuses_of_every_route(tmp_path: Path) -> None:
     from aviary.api.auth import OPEN_PATHS
 

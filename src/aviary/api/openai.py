@@ -151,7 +151,7 @@ async def _run(request: Request, task: Task) -> Response:
         if fields.stream and fmt not in _STREAMABLE:
             raise InvalidOptionError(option="stream", value=True, expected=f"false with response_format {fmt}")
         name = await _model_for(service, fields.model, task)
-        engine, options = await service.engine_for(name, lambda info: _options(info, fields, task))
+        engine, options = await service.engine_for(name, lambda info: _options(info, fields, task), called=fields.model)
         if fields.stream:
             parts = service.transcribe_parts(engine, upload.path, options)
             first = await anext(parts)  # errors before the first chunk keep their status

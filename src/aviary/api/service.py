@@ -214,9 +214,11 @@ class Service:
         return await anyio.to_thread.run_sync(self.registry.get, name)  # the registry loads each model once
 
     async def engine_for(
-        self, name: str, options: Callable[[ModelInfo], TranscribeOptions]
+        self, name: str, options: Callable[[ModelInfo], TranscribeOptions], *, called: str | None = None
     ) -> tuple[Engine, TranscribeOptions]:
         """The engine for `name` and the `options` it gets, checked before a registry model is fetched or loaded.
+
+        Refusals name the model `called` (default `name`): what the client asked for, never a server path.
 
         Raises:
             RequestError: the model cannot honour the options (a language it does not speak, say):
@@ -224,10 +226,10 @@ class Service:
         """
         known = self.registry.describe(name)
         if known is not None:
-            known.check(options(known))
+            known.check(options(known), called=called or name)
         engine = await self.engine(name)
         chosen = options(engine.info)
-        engine.info.check(chosen)
+        engine.info.check(chosen, called=called or name)
         return engine, chosen
 
     async def transcribe(

@@ -50,25 +50,29 @@ class ModelInfo:
             return "en"
         return self.languages[0] if len(self.languages) == 1 else None
 
-    def check(self, options: TranscribeOptions) -> None:
-        """Raise a `RequestError` when the model cannot honour `options`.
+    def check(self, options: TranscribeOptions, *, called: str | None = None) -> None:
+        """Raise a `RequestError` when the model cannot honour `options`; its message names it `called`.
+
+        `called` is the name the caller used (an alias, say), which a client knows: not the path or
+        repository the model was loaded from.
 
         A model that does not list its languages takes any ISO 639 code (two or three letters), nothing else.
         Canary translates from English or into it (X -> en, en -> X), never between two other languages.
         """
+        name = called or self.name
         if options.task == "translate" and not self.translation:
-            raise UnsupportedTaskError(options.task, self.name)
+            raise UnsupportedTaskError(options.task, name)
         if options.task == "translate" and self.family == "aed":
             source, target = options.language or "en", options.target_language or "en"
             if source != target and "en" not in (source, target):
-                raise UnsupportedTranslationError(source, target, self.name)
+                raise UnsupportedTranslationError(source, target, name)
         for language in (options.language, options.target_language if options.task == "translate" else None):
             if language is None:
                 continue
             if self.languages and language not in self.languages:
-                raise UnsupportedLanguageError(language, self.name, self.languages)
+                raise UnsupportedLanguageError(language, name, self.languages)
             if not ISO_639.fullmatch(language):
-                raise UnsupportedLanguageError(language, self.name, ("ISO 639 codes such as 'en'",))
+                raise UnsupportedLanguageError(language, name, ("ISO 639 codes such as 'en'",))
 
 
 class Engine(Protocol):
