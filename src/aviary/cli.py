@@ -33,7 +33,11 @@ STARTUP_FAILURE = 3
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="registry name, alias, hub repository, ONNX directory or .nemo file")
-    parser.add_argument("--engine", choices=("onnx", "nemo"), help="engine for registry names (default: onnx)")
+    parser.add_argument(
+        "--engine",
+        choices=("onnx", "nemo"),
+        help="engine for registry names, and for a directory that also holds a .nemo file (default: onnx)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     parser.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
     parser.add_argument("--quantization", help="use *.<quantization>.onnx files, e.g. int8")

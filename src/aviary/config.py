@@ -47,7 +47,9 @@ class Settings(BaseSettings):
         description="Port the server listens on.",
     )
     engine: Literal["onnx", "nemo"] = Field(
-        default="onnx", description="Engine for registry names: onnxruntime (default) or NeMo (needs the nemo extra)."
+        default="onnx",
+        description="Engine for registry names, and for a model directory that also holds one .nemo file: "
+        "onnxruntime (default) or NeMo (needs the nemo extra).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where models run; auto prefers CUDA.")
     threads: int = Field(default=0, ge=0, description="CPU threads per inference (0: all cores).")

@@ -63,6 +63,20 @@ def test_unknown_names_are_model_not_found(tmp_path: Path, name: str) -> None:
     assert "parakeet-tdt-0.6b-v2" in str(error.value)  # the message lists what exists
 
 
+def test_the_nemo_engine_runs_a_model_directorys_own_nemo_file(tmp_path: Path) -> None:
+    digits = str(MODELS / "parakeet-digits")  # ONNX files and model.nemo side by side
+    nemo = registry(tmp_path, engine="nemo").resolve(digits)
+    assert (nemo.engine, nemo.kind, nemo.location) == (
+        "nemo",
+        "nemo-file",
+        str(MODELS / "parakeet-digits" / "model.nemo"),
+    )
+    assert registry(tmp_path).resolve(digits).kind == "directory"
+    onnx_only = tmp_path / "onnx-only"
+    onnx_only.mkdir()
+    assert registry(tmp_path, engine="nemo").resolve(str(onnx_only)).kind == "directory"  # nothing else to run
+
+
 def test_a_file_that_is_not_a_nemo_file_is_named_as_such(tmp_path: Path) -> None:
     renamed = tmp_path / "parakeet.bin"
     renamed.write_bytes((MODELS / "parakeet-digits" / "model.nemo").read_bytes()[:1024])

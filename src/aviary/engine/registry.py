@@ -150,6 +150,9 @@ class Registry:
             return self._known(KNOWN[requested])
         path = Path(requested).expanduser()
         if path.is_dir():
+            nemo_files = list(path.glob("*.nemo")) if self.settings.engine == "nemo" else []
+            if len(nemo_files) == 1:  # the NeMo engine asked for: the directory's own .nemo file
+                return Source(requested, "nemo", "nemo-file", str(nemo_files[0]))
             return Source(requested, "onnx", "directory", str(path))
         if path.is_file() and path.suffix == ".nemo":
             return Source(requested, "nemo", "nemo-file", str(path))
