@@ -117,15 +117,19 @@ def test_short_requests_are_not_starved_by_a_long_job() -> None:
     batcher = Batcher(engine, max_batch=4)
     try:
         job = [batcher.submit(_tone(1.0), OPTIONS, owner="ten-hour-job") for _ in range(100)]
+        finished: list[str] = []  # in the order the batcher hands results over
+        for future in job:
+            future.add_done_callback(lambda _: finished.append("job"))
         assert gate.entered.wait(10)
         short = batcher.submit(_tone(1.0), OPTIONS)
+        short.add_done_callback(lambda _: finished.append("short"))
         gate.opened.set()
         short.result(10)
-        done_before = sum(f.done() for f in job)
         for future in job:
             future.result(30)
     finally:
         batcher.close()
+    done_before = finished.index("short")
     assert done_before <= 8, done_before  # the short one went into the second batch, not after the job
 
 
@@ -135,23 +139,29 @@ def test_a_short_request_waits_one_batch_at_most_behind_a_long_callers_chunks() 
     gate = Gate()
     engine = FakeEngine(text=gate, delay=0.02)
     batcher = Batcher(engine, max_batch=4)
+    finished: list[str] = []  # in the order the batcher hands results over (its callbacks, in its thread)
     try:
         long = [batcher.submit(_tone(30.0), OPTIONS, owner="long-request") for _ in range(32)]
+        for future in long:
+            future.add_done_callback(lambda _: finished.append("long"))
         assert gate.entered.wait(10)
         shorts = [batcher.submit(_tone(2.0), OPTIONS)]
+        shorts[0].add_done_callback(lambda _: finished.append("short"))
         gate.opened.set()
         shorts[0].result(10)
-        first = sum(f.done() for f in long)
         shorts.append(batcher.submit(_tone(2.0), OPTIONS))
+        submitted = finished.count("long")  # read after the submit: a late read only lowers the count below
+        shorts[1].add_done_callback(lambda _: finished.append("short"))
         shorts[1].result(10)
-        second = sum(f.done() for f in long)
         for future in long:
             future.result(30)
     finally:
         batcher.close()
+    first = finished.index("short")  # long chunks done before the first short one
+    second = finished.index("short", first + 1) - 1
     assert first <= 8, first  # the running batch and the next: 2 batches of 4
     # The batch running when it came, the one it waited out (the long caller's turn), and its own.
-    assert second - first <= 12, (first, second)
+    assert second - submitted <= 12, (first, submitted, second)
     assert second < 32
 
 
