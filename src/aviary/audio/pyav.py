@@ -204,7 +204,7 @@ def _mono(container: av.container.InputContainer, limits: AudioLimits) -> Iterat
     graph: av.filter.Graph | None = None
     decoded = pending = due = 0
     try:
-        for frame in container.decode(stream):
+        for frame in _frames(container, stream):
             if graph is None:
                 graph = _graph(frame, chunk)
                 due = chunk * frame.sample_rate // SAMPLE_RATE + 1  # input samples that fill one chunk
@@ -223,6 +223,28 @@ def _mono(container: av.container.InputContainer, limits: AudioLimits) -> Iterat
         raise DecoderMemoryError from exc
     except av.error.FFmpegError as exc:
         raise InvalidAudioError from exc
+
+
+def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
+    """The stream's frames; a last packet the decoder refuses is dropped, any other refusal raises.
+
+    A file's last packet can be a fragment: the final partial frame of a file cut short, or the
+    padding byte RIFF adds after an odd-sized data chunk (GSM in WAV with an odd number of blocks),
+    which FFmpeg hands over as a 1-byte packet that its decoder refuses. Everything before it is
+    good audio. A refused packet with more data after it is a corrupt file.
+    """
+    import av
+
+    refused: av.error.FFmpegError | None = None
+    for packet in container.demux(stream):
+        if refused is not None and packet.size:
+            raise refused
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as exc:
+            refused = exc
+            continue
+        yield from frames
 
 
 def _graph(first: av.AudioFrame, chunk: int) -> av.filter.Graph:
