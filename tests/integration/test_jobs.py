@@ -173,16 +173,25 @@ def test_a_cancelled_running_job_stops_within_seconds(jobs: Jobs, tmp_path: Path
     path, _ = recording(tmp_path, 240, seed=7)  # ~17 minutes: about a hundred 10 s chunks
     job_id = submit(jobs, path)["job_id"]
     deadline = time.monotonic() + 120
-    while status_of(jobs, job_id)["processed_seconds"] <= 0:
+    stages: list[str] = []  # each stage seen, in order
+    while (status := status_of(jobs, job_id))["processed_seconds"] <= 0:
         assert time.monotonic() < deadline
+        if not stages or stages[-1] != status["stage"]:
+            stages.append(status["stage"])
         time.sleep(0.05)
+    assert "decoding" in stages, stages  # decoding and planning 17 minutes takes seconds
+    assert stages == [s for s in ("queued", "decoding", "transcribing") if s in stages], stages  # in this order
+    assert (status["stage"], status["duration"]) == (
+        "transcribing",
+        pytest.approx(len(speech.read_wav(path)[0]) / SAMPLE_RATE, abs=0.01),
+    )
     response = requests.post(f"{jobs.url}/jobs/{job_id}/cancel", timeout=30)
     assert response.json() == {"message": f"Job {job_id} cancellation requested", "status": "cancelled"}
     cancelled_at = time.monotonic()
     first = status_of(jobs, job_id)
     time.sleep(1.0)
     later = status_of(jobs, job_id)
-    assert later["status"] == "cancelled"
+    assert (later["status"], later["stage"]) == ("cancelled", None)
     assert later["processed_seconds"] == first["processed_seconds"]  # nothing recorded after the cancel
     assert 0 < later["progress"] < 1
     response = requests.get(f"{jobs.url}/jobs/{job_id}/result", timeout=30)

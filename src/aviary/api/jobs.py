@@ -65,6 +65,12 @@ class JobStatusBody(BaseModel):
     result: SeedResult | None
     progress: float = Field(description="Share of the audio transcribed, 0 to 1.")
     processed_seconds: float = Field(description="Seconds of audio transcribed so far.")
+    stage: Literal["queued", "decoding", "transcribing"] | None = Field(
+        default=None,
+        description="While the job is under way: waiting for a worker, decoding its upload (progress stays 0; "
+        "about a third of a long job's time on a CPU), or transcribing; null once it ended.",
+    )
+    duration: float | None = Field(default=None, description="Seconds of audio in the upload, once decoded.")
 
 
 class JobCancelled(BaseModel):

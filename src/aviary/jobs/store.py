@@ -116,7 +116,18 @@ class Job:
             "result": self.result,
             "progress": round(self.progress, 4),
             "processed_seconds": round(self.processed_seconds, 3),
+            "stage": self.stage,
+            "duration": None if self.duration is None else round(self.duration, 3),
         }
+
+    @property
+    def stage(self) -> str | None:
+        """What a job under way is doing: `queued`, `decoding` (its upload), `transcribing`; None once it ended."""
+        if self.status == "pending":
+            return "queued"
+        if self.status == "processing":
+            return "decoding" if self.duration is None else "transcribing"
+        return None
 
     @property
     def progress(self) -> float:
