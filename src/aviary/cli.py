@@ -32,14 +32,20 @@ STARTUP_FAILURE = 3
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of commands that run a model."""
     parser.add_argument("--model", help="registry name, alias, hub repository, ONNX directory or .nemo file")
+    _add_files_flags(parser)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    parser.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
+
+
+def _add_files_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that decide which of a model's files are used (and fetched)."""
     parser.add_argument(
         "--engine",
         choices=("onnx", "nemo"),
         help="engine for registry names, and for a directory that also holds a .nemo file (default: onnx)",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
-    parser.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
     parser.add_argument("--quantization", help="use *.<quantization>.onnx files, e.g. int8")
     parser.add_argument("--offline", action="store_true", default=None, help="never download models")
 
@@ -81,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list or download models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     listing = model_commands.add_parser("list", help="known models and whether they are cached")
-    _add_model_flags(listing)
+    _add_files_flags(listing)
     pull = model_commands.add_parser("pull", help="download a model into the Hugging Face cache")
     pull.add_argument("name", help="registry name, alias or hub repository")
-    _add_model_flags(pull)
+    _add_files_flags(pull)
     return parser
 
 

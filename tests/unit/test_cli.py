@@ -61,3 +61,14 @@ def test_console_script_and_module_entry_point_are_installed() -> None:
     for cmd in ([str(script), "--version"], [sys.executable, "-m", "aviary", "--version"]):
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
         assert done.stdout.strip() == f"aviary {aviary.__version__}"
+
+
+@pytest.mark.parametrize("action", ["list", "pull"])
+def test_models_commands_take_only_the_flags_that_choose_files(action: str) -> None:
+    names = ["canary"] if action == "pull" else []
+    chosen = build_parser().parse_args(["models", action, *names, "--engine", "nemo", "--quantization", "int8"])
+    assert (chosen.engine, chosen.quantization) == ("nemo", "int8")
+    for flag in (["--device", "cpu"], ["--threads", "2"], ["--model", "canary"]):  # they would do nothing here
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args(["models", action, *names, *flag])
+        assert refused.value.code == 2
