@@ -17,13 +17,21 @@ reconnect must not take the jobs of workers that are alive and about to beat aga
 
 A process that runs no jobs (`executor_id` None) only watches: every beat reads the database's
 clock. Either way `problem` says, for `/health`, whether the last beat reached the database.
+
+Each process also beats as itself (`aviary_instances`: a random instance id under its executor
+id). Two live processes sharing an executor id (two workers on one host, both named by the host)
+would each recover the other's jobs when restarted, running them twice: when another instance of
+this executor id beats between two of this one's beats, that is logged as an error (a crashed
+predecessor's row, left behind by a quick restart, never beats again and is not mistaken for one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -42,6 +50,15 @@ executors_table = sa.Table(
     sa.Column("executor_id", sa.String(255), primary_key=True),
     sa.Column("last_seen", sa.Float, nullable=False),
 )
+instances_table = sa.Table(
+    "aviary_instances",
+    _metadata,
+    sa.Column("instance", sa.String(64), primary_key=True),
+    sa.Column("executor_id", sa.String(255), nullable=False, index=True),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)
+STALE_TIMEOUTS = 10
+"""Instance rows silent for this many executor timeouts are deleted (a process that died)."""
 
 
 class Reaper:
@@ -72,6 +89,10 @@ class Reaper:
         self._thread = threading.Thread(target=self._run, name="aviary-reaper", daemon=True)
         self._steady_since: float | None = time.monotonic()  # beating without a miss since (None: missing)
         self._problem: str | None = None
+        self.instance = uuid.uuid4().hex
+        self._others: dict[str, float] = {}  # other instances of this executor id: their last beat seen
+        self.twins: set[str] = set()
+        """Other live processes found beating as this executor id (said once each, as an error)."""
 
     @property
     def problem(self) -> str | None:
@@ -95,6 +116,28 @@ class Reaper:
             ).rowcount
             if not updated:
                 connection.execute(executors_table.insert().values(executor_id=self.executor_id, last_seen=now))
+            mine = instances_table.c.instance == self.instance
+            if not connection.execute(instances_table.update().where(mine).values(last_seen=now)).rowcount:
+                row = {"instance": self.instance, "executor_id": self.executor_id, "last_seen": now}
+                connection.execute(instances_table.insert().values(**row))
+            others = connection.execute(
+                sa.select(instances_table.c.instance, instances_table.c.last_seen).where(
+                    instances_table.c.executor_id == self.executor_id, ~mine
+                )
+            ).all()
+        self._check_twins({str(row.instance): float(row.last_seen) for row in others})
+
+    def _check_twins(self, others: dict[str, float]) -> None:
+        """Say so when another instance of this executor id beat since this one last looked."""
+        for instance, seen in others.items():
+            if instance in self._others and seen > self._others[instance] and instance not in self.twins:
+                self.twins.add(instance)
+                logger.error(
+                    "another live process runs as executor %s: each process that runs jobs needs its own "
+                    "AVIARY_EXECUTOR_ID (default: the host name), or restarts run jobs twice",
+                    self.executor_id,
+                )
+        self._others = others
 
     def reap(self) -> list[str]:
         """Recover the jobs of every executor silent for longer than the timeout; the ids this call claimed."""
@@ -106,6 +149,9 @@ class Reaper:
                 )
             ).scalars()
             candidates = list(silent)
+        with self._engine.begin() as connection:  # rows of instances that died (their executor lives on)
+            stale = _database_now(connection) - STALE_TIMEOUTS * self._timeout
+            connection.execute(instances_table.delete().where(instances_table.c.last_seen < stale))
         claimed = []
         for executor in candidates:
             with self._engine.begin() as connection:
@@ -149,10 +195,13 @@ class Reaper:
                 logger.exception("recovery or housekeeping failed; trying again in %.0f s", self._every)
 
     def stop(self) -> None:
-        """Stop beating. The row stays: if this executor does not come back, others recover its pending jobs."""
+        """Stop beating. The executor's row stays: if it does not come back, others recover its pending jobs."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        if self.executor_id is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError), self._engine.begin() as connection:
+                connection.execute(instances_table.delete().where(instances_table.c.instance == self.instance))
 
 
 def _database_now(connection: sa.Connection) -> float:
